@@ -1,0 +1,147 @@
+/**
+ * A small "trading session status" service secured by fastify-secure-ws: the project's demo
+ * and the target of its black-box tests. See README.md, "Example server".
+ */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import Fastify from 'fastify'
+import { Type } from '@sinclair/typebox'
+import { createSigner } from 'fast-jwt'
+import secureWs, { optionsFromEnv, type SecureWsStore } from '../lib/index.js'
+
+interface TradingSession {
+  id: string
+  ownerId: string
+  state: 'running' | 'stopped'
+  /** The exchange API key: the outbound `status` schema has no field for it, so it cannot leave. */
+  apiKey: string
+}
+
+const DEV_SECRET = 'fastify-secure-ws-example-development-secret'
+const TOKEN_LIFETIME_S = 3600
+
+function fatal (message: string): never {
+  process.stderr.write(`error: ${message}\n`)
+  process.exit(1)
+}
+
+function readPort (value: string | undefined): number {
+  if (value === undefined || value === '') return 3000
+  const port = /^\d+$/.test(value) ? Number(value) : Number.NaN
+  if (!(port >= 0 && port <= 65535)) fatal(`PORT must be an integer from 0 to 65535, got "${value}"`)
+  return port
+}
+
+async function createStore (redisUrl: string | undefined): Promise<SecureWsStore | undefined> {
+  if (redisUrl === undefined || redisUrl === '') return undefined
+  fatal('WS_REDIS_URL is set, but this build has no Redis store yet')
+}
+
+function seedSessions (): Map<string, TradingSession> {
+  return new Map([
+    ['alice-1', { id: 'alice-1', ownerId: 'alice', state: 'running', apiKey: 'ak_live_alice_9f8e7d6c5b4a' }],
+    ['bob-1', { id: 'bob-1', ownerId: 'bob', state: 'running', apiKey: 'ak_live_bob_1a2b3c4d5e6f' }]
+  ])
+}
+
+// Only the status channel exists; any other is refused by the schema with an `error`.
+const StatusChannel = Type.Object({ channel: Type.Literal('status') })
+const statusTopic = (sessionId: string): string => `session:${sessionId}:status`
+const toStatus = (session: TradingSession) => ({ data: { id: session.id, owner: session.ownerId, state: session.state } })
+
+async function main (): Promise<void> {
+  const host = process.env.HOST || '127.0.0.1'
+  const port = readPort(process.env.PORT)
+  let env
+  try {
+    env = optionsFromEnv(process.env)
+  } catch (err) {
+    fatal((err as Error).message)
+  }
+  let secret = process.env.WS_JWT_SECRET
+  if (secret === undefined || secret === '') {
+    secret = DEV_SECRET
+    process.stderr.write('WARNING: WS_JWT_SECRET is not set; using a publicly known development secret. Anyone can forge tokens. Set WS_JWT_SECRET before exposing this server.\n')
+  }
+  const store = await createStore(process.env.WS_REDIS_URL)
+  const sessions = seedSessions()
+
+  const app = Fastify({ logger: { level: process.env.LOG_LEVEL || 'info' } })
+  await app.register(secureWs, {
+    origins: env.origins ?? [`http://localhost:${port}`, `http://127.0.0.1:${port}`],
+    jwt: { key: secret, algorithms: ['HS256'], clockToleranceMs: 5000 },
+    limits: env.limits,
+    ...(store === undefined ? {} : { store })
+  })
+
+  app.get('/health', async () => ({ status: 'ok' }))
+
+  const page = readFileSync(join(__dirname, 'page.html'), 'utf8')
+  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+
+  const signToken = createSigner({ key: secret, algorithm: 'HS256', expiresIn: TOKEN_LIFETIME_S * 1000 })
+  app.post('/demo/token', {
+    schema: {
+      body: Type.Object({
+        user: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+        scope: Type.Optional(Type.String({ pattern: '^[a-z ]{0,64}$' }))
+      })
+    }
+  }, async (request, reply) => {
+    if (process.env.NODE_ENV === 'production') return reply.callNotFound()
+    const { user, scope } = request.body as { user: string, scope?: string }
+    return { token: signToken({ sub: user, ...(scope === undefined ? {} : { scope }) }) }
+  })
+
+  app.secureWs.route({
+    url: '/ws/sessions/:sessionId',
+    resolveSession: ({ params }) => sessions.get(params.sessionId ?? ''),
+    outbound: {
+      pong: Type.Object({}),
+      status: Type.Object({
+        data: Type.Object({ id: Type.String(), owner: Type.String(), state: Type.String() })
+      }),
+      subscribed: Type.Object({ channel: Type.String() }),
+      unsubscribed: Type.Object({ channel: Type.String() })
+    },
+    messages: (message) => ({
+      ping: message((conn) => conn.send('pong', {})),
+      get_status: message((conn) => conn.send('status', toStatus(conn.session))),
+      subscribe: message({ payload: StatusChannel }, (conn, { channel }) => {
+        conn.subscribe(statusTopic(conn.session.id))
+        conn.send('subscribed', { channel })
+      }),
+      unsubscribe: message({ payload: StatusChannel }, (conn, { channel }) => {
+        conn.unsubscribe(statusTopic(conn.session.id))
+        conn.send('unsubscribed', { channel })
+      }),
+      stop: message({ scopes: ['trade'] }, async (conn) => {
+        const session = conn.session
+        session.state = 'stopped'
+        conn.send('status', toStatus(session))
+        await app.secureWs.publish(statusTopic(session.id), 'status', toStatus(session))
+      })
+    })
+  })
+
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) return
+    stopping = true
+    app.log.info({ signal }, 'shutting down')
+    app.close().then(() => process.exit(0), (err: unknown) => {
+      app.log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  process.once('SIGTERM', () => stop('SIGTERM'))
+  process.once('SIGINT', () => stop('SIGINT'))
+
+  await app.listen({
+    host,
+    port,
+    listenTextResolver: (address) => `fastify-secure-ws example listening on ${address}`
+  })
+}
+
+main().catch((err: unknown) => fatal(err instanceof Error ? err.message : String(err)))

@@ -1,0 +1,231 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { WebSocket, RawData } from 'ws'
+import type { CloseKind } from './close-codes.js'
+import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope, type CompiledMessage, type SecureWsConnection, type SessionBase } from './messages.js'
+import type { SecureWsUser } from './options.js'
+import type { CompiledRoute } from './route.js'
+import type { Registry } from './registry.js'
+
+// setTimeout fires at once for delays above 2^31-1 ms; longer expiries re-arm in steps.
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+export interface ConnectionInit {
+  id: string
+  user: SecureWsUser
+  session: SessionBase
+  params: Readonly<Record<string, string>>
+  limitKey: string
+  log: FastifyBaseLogger
+  release: () => void
+}
+
+/**
+ * One admitted connection: owns its listeners, its expiry timer and its slot, and lets go of
+ * all of them exactly once when the socket closes.
+ */
+export class Connection implements SecureWsConnection {
+  readonly id: string
+  readonly user: SecureWsUser
+  readonly session: SessionBase
+  readonly params: Readonly<Record<string, string>>
+  readonly log: FastifyBaseLogger
+  readonly route: CompiledRoute
+  readonly topics = new Set<string>()
+  readonly #socket: WebSocket
+  readonly #registry: Registry
+  readonly #limitKey: string
+  readonly #release: () => void
+  #expiryTimer: NodeJS.Timeout | undefined
+  #closing = false
+  #ended = false
+
+  constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {
+    this.id = init.id
+    this.user = init.user
+    this.session = init.session
+    this.params = init.params
+    this.log = init.log
+    this.route = route
+    this.#socket = socket
+    this.#registry = registry
+    this.#limitKey = init.limitKey
+    this.#release = init.release
+    // Listeners attach in the same tick as the upgrade, so a message sent right after
+    // `open` is never missed.
+    socket.on('message', this.#onMessage)
+    socket.once('close', this.#onClose)
+    registry.add(this)
+    this.#armExpiry()
+  }
+
+  send (type: string, body: unknown): boolean {
+    const serialize = this.route.serializers.get(type)
+    if (serialize === undefined) throw new TypeError(`outbound message type "${type}" is not declared on ${this.route.url}`)
+    return this.sendRaw(serialize(body))
+  }
+
+  sendError (message: string): boolean {
+    return this.sendRaw(this.route.serializers.get('error')!({ message }))
+  }
+
+  /** Sends an already serialised frame; false when the socket is no longer open. */
+  sendRaw (json: string): boolean {
+    if (this.#closing || this.#socket.readyState !== this.#socket.OPEN) return false
+    this.#socket.send(json)
+    return true
+  }
+
+  subscribe (topic: string): void {
+    this.#registry.subscribe(this, topic)
+  }
+
+  unsubscribe (topic: string): void {
+    this.#registry.unsubscribe(this, topic)
+  }
+
+  isSubscribed (topic: string): boolean {
+    return this.topics.has(topic)
+  }
+
+  close (code = 1000, reason = ''): void {
+    if (this.#closing) return
+    this.#closing = true
+    try {
+      this.#socket.close(code, reason)
+    } catch (err) {
+      // ws throws for codes it may not send or reasons over 123 bytes; the app's bug must not keep the socket open.
+      this.log.error({ err, connectionId: this.id, userId: this.user.id }, 'invalid close code or reason; closing with 1011')
+      this.#socket.close(this.route.closeReasons.internalError.code, this.route.closeReasons.internalError.reason)
+    }
+  }
+
+  /** Closes with the code and reason configured for `kind`, logging once why. */
+  closeFor (kind: CloseKind): void {
+    if (this.#closing) return
+    const { code, reason } = this.route.closeReasons[kind]
+    this.log.info({ close: kind, code, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
+    this.close(code, reason)
+  }
+
+  /** Ends the connection without a close handshake, for clients that ignore the close frame. */
+  terminate (): void {
+    this.#closing = true
+    this.#socket.terminate()
+  }
+
+  get hasExpiryTimer (): boolean {
+    return this.#expiryTimer !== undefined
+  }
+
+  #armExpiry (): void {
+    const expiresAt = this.user.expiresAt
+    if (expiresAt === undefined) return
+    const delay = expiresAt - Date.now()
+    if (delay <= 0) {
+      this.closeFor('tokenExpired')
+      return
+    }
+    this.#expiryTimer = setTimeout(() => {
+      this.#expiryTimer = undefined
+      this.#armExpiry()
+    }, Math.min(delay, MAX_TIMER_MS))
+  }
+
+  readonly #onMessage = (data: RawData, isBinary: boolean): void => {
+    if (this.#closing) return
+    const route = this.route
+    // Every frame counts, valid or not, before anything else is done with it.
+    if (!route.store.consumeMessage(this.#limitKey, route.limits)) {
+      this.sendError(ERROR_MESSAGES.rateLimited)
+      this.closeFor('rateLimited')
+      return
+    }
+    const frame = data as Buffer
+    if (frame.length > route.limits.maxPayloadBytes) {
+      this.closeFor('messageTooBig')
+      return
+    }
+    if (isBinary) {
+      this.sendError(ERROR_MESSAGES.binaryFrame)
+      return
+    }
+    const envelope = parseEnvelope(frame)
+    if (typeof envelope === 'string') {
+      this.sendError(envelope)
+      return
+    }
+    const message = route.messages.get(envelope.type)
+    if (message === undefined) {
+      this.sendError(ERROR_MESSAGES.unknownType)
+      return
+    }
+    const payload = envelope.payload
+    if (message.check !== null && !message.check.Check(payload)) {
+      this.sendError(describeInvalidPayload(message.check, payload))
+      return
+    }
+    for (const scope of message.scopes) {
+      if (!this.user.scopes.includes(scope)) {
+        this.sendError(ERROR_MESSAGES.forbidden)
+        return
+      }
+    }
+    if (message.authorize === undefined) {
+      this.#run(message, payload)
+    } else {
+      this.#authorizeThenRun(message, payload)
+    }
+  }
+
+  #authorizeThenRun (message: CompiledMessage, payload: unknown): void {
+    let allowed: boolean | Promise<boolean>
+    try {
+      allowed = message.authorize!(this, payload)
+    } catch (err) {
+      this.#failed(err)
+      return
+    }
+    if (allowed === true) {
+      this.#run(message, payload)
+    } else if (allowed instanceof Promise) {
+      allowed.then(
+        (ok) => ok === true ? this.#run(message, payload) : this.sendError(ERROR_MESSAGES.forbidden),
+        (err) => this.#failed(err)
+      )
+    } else {
+      this.sendError(ERROR_MESSAGES.forbidden)
+    }
+  }
+
+  #run (message: CompiledMessage, payload: unknown): void {
+    try {
+      const result = message.handler(this, payload)
+      if (result instanceof Promise) result.then(undefined, (err) => this.#failed(err))
+    } catch (err) {
+      this.#failed(err)
+    }
+  }
+
+  #failed (err: unknown): void {
+    this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'websocket message handler failed')
+    this.sendError(ERROR_MESSAGES.internal)
+  }
+
+  readonly #onClose = (): void => {
+    if (this.#ended) return
+    this.#ended = true
+    this.#closing = true
+    clearTimeout(this.#expiryTimer)
+    this.#expiryTimer = undefined
+    this.#socket.removeListener('message', this.#onMessage)
+    this.#registry.remove(this)
+    this.#release()
+    if (this.route.onClose !== undefined) {
+      try {
+        this.route.onClose(this)
+      } catch (err) {
+        this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'websocket onClose hook failed')
+      }
+    }
+  }
+}

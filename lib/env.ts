@@ -1,0 +1,51 @@
+import { InvalidEnvError } from './errors.js'
+import type { Limits } from './options.js'
+import { parseOrigin } from './origin.js'
+
+/** Environment variables `optionsFromEnv` reads, and the limit each one sets. */
+export const ENV_LIMITS: ReadonlyArray<readonly [string, keyof Limits]> = [
+  ['WS_MAX_CONNECTIONS_PER_USER', 'connectionsPerUser'],
+  ['WS_MAX_MESSAGES_PER_SECOND', 'messagesPerSecond'],
+  ['WS_MAX_MESSAGES_PER_MINUTE', 'messagesPerMinute'],
+  ['WS_MAX_PAYLOAD_BYTES', 'maxPayloadBytes']
+]
+
+export interface EnvOptions {
+  /** From `WS_ALLOWED_ORIGINS`; absent when the variable is unset. */
+  origins?: string[]
+  /** Only the limits whose variables are set. */
+  limits: Partial<Limits>
+}
+
+function isSet (value: string | undefined): value is string {
+  return value !== undefined && value !== ''
+}
+
+function positiveInteger (name: string, value: string): number {
+  const n = /^\d+$/.test(value.trim()) ? Number(value.trim()) : Number.NaN
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidEnvError(`${name} must be a positive integer, got "${value}"`)
+  return n
+}
+
+function origins (name: string, value: string): string[] {
+  return value.split(',').map((entry) => {
+    const origin = parseOrigin(entry.trim())
+    if (origin === null) throw new InvalidEnvError(`${name} must be a comma-separated list of scheme://host[:port] origins, got "${entry.trim()}"`)
+    return origin
+  })
+}
+
+/**
+ * Reads the plugin's settings from environment variables. Unset variables are left out so
+ * the app's own defaults apply; a malformed one throws an error naming the variable.
+ */
+export function optionsFromEnv (env: Record<string, string | undefined> = process.env): EnvOptions {
+  const result: EnvOptions = { limits: {} }
+  const allowed = env.WS_ALLOWED_ORIGINS
+  if (isSet(allowed)) result.origins = origins('WS_ALLOWED_ORIGINS', allowed)
+  for (const [name, limit] of ENV_LIMITS) {
+    const value = env[name]
+    if (isSet(value)) result.limits[limit] = positiveInteger(name, value)
+  }
+  return result
+}

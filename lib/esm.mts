@@ -1,0 +1,18 @@
+// ESM entry: re-exports the CommonJS build so both module systems share one instance.
+import cjs from './index.js'
+
+export default cjs.default
+export const {
+  secureWs,
+  optionsFromEnv,
+  memoryStore,
+  MemoryStore,
+  DEFAULT_LIMITS,
+  DEFAULT_CLOSE_REASONS,
+  ERROR_MESSAGES,
+  InvalidOptionError,
+  InvalidEnvError,
+  InvalidRouteError,
+  StoreUnavailableError
+} = cjs
+export type * from './index.js'

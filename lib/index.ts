@@ -1,0 +1,129 @@
+/// <reference types="@fastify/websocket" preserve="true" />
+import type { IncomingMessage } from 'node:http'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import websocket from '@fastify/websocket'
+import FindMyWay from 'find-my-way'
+import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
+import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
+import { Registry, type SecureWsStats } from './registry.js'
+import { declareRoute, kSecuredUpgrade } from './route.js'
+import { BEARER_PROTOCOL, takeQueryToken } from './token.js'
+
+// ws's own default when the app registered @fastify/websocket without a maxPayload.
+const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
+
+/** What `fastify.secureWs` offers, on the instance (and prefix) it is read from. */
+export interface SecureWsApi {
+  /** Declares a secured WebSocket route on this instance, under its prefix and hooks. */
+  route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>>(options: SecureWsRouteOptions<S, O>): void
+  /** Sends an outbound message to every subscriber of `topic`; resolves with how many got it here. */
+  publish (topic: string, type: string, body: unknown): Promise<number>
+  /** Closes every connection of `userId`, by default with 4403 `Disconnected by the server`. */
+  disconnectUser (userId: string, code?: number, reason?: string): Promise<number>
+  /** Open connections, slots and timers, for monitoring and leak tests. */
+  stats (): SecureWsStats
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    secureWs: SecureWsApi
+  }
+}
+
+const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {
+  const options = validateOptions(rawOptions)
+  const registry = new Registry(options.store)
+  const securedPaths = FindMyWay({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
+  let largestPayload = options.limits.maxPayloadBytes
+
+  // Fastify logs each request's URL before any hook runs, so `?token=` must be cut out
+  // before the upgrade even reaches Fastify's router.
+  const scrubToken = (req: IncomingMessage): void => {
+    takeQueryToken(req, (path) => securedPaths.find('GET', path) !== null)
+  }
+  fastify.server.prependListener('upgrade', scrubToken)
+
+  // Added before @fastify/websocket's own preClose, so clients get 1001 rather than 1005.
+  fastify.addHook('preClose', async () => {
+    await registry.closeAll('shuttingDown', options.shutdownTimeoutMs)
+  })
+  fastify.addHook('onClose', async () => {
+    fastify.server.removeListener('upgrade', scrubToken)
+    await options.store.close()
+  })
+
+  if (!fastify.hasDecorator('websocketServer')) {
+    await fastify.register(websocket, { options: { maxPayload: largestPayload } })
+  } else if ((fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD) > largestPayload) {
+    fastify.log.warn({ maxPayload: fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD }, 'fastify-secure-ws: @fastify/websocket buffers frames larger than limits.maxPayloadBytes before they are refused; lower its maxPayload')
+  }
+  const wss = fastify.websocketServer
+
+  // The client offers `bearer, <token>`; answering `bearer` completes the handshake even
+  // when the token then fails (so the client can read 4401), and never echoes the token.
+  const chooseProtocol = wss.options.handleProtocols
+  wss.options.handleProtocols = (protocols: Set<string>, request: IncomingMessage) => {
+    if ((request as unknown as Record<symbol, unknown>)[kSecuredUpgrade] === true) {
+      return protocols.has(BEARER_PROTOCOL) ? BEARER_PROTOCOL : false
+    }
+    if (chooseProtocol !== undefined) return chooseProtocol(protocols, request)
+    return protocols.values().next().value ?? false
+  }
+
+  const context = {
+    options,
+    registry,
+    onDeclared (fullUrl: string, limits: Readonly<Limits>) {
+      securedPaths.on('GET', fullUrl, () => {})
+      // ws holds one maxPayload for all routes; it must admit the largest route limit.
+      if (limits.maxPayloadBytes > largestPayload) {
+        largestPayload = limits.maxPayloadBytes
+        if ((wss.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD) < largestPayload) wss.options.maxPayload = largestPayload
+      }
+    }
+  }
+
+  const apis = new WeakMap<FastifyInstance, SecureWsApi>()
+  function apiFor (instance: FastifyInstance): SecureWsApi {
+    let api = apis.get(instance)
+    if (api === undefined) {
+      api = {
+        route (routeOptions) {
+          declareRoute(instance, routeOptions as unknown as Parameters<typeof declareRoute>[1], context)
+        },
+        async publish (topic, type, body) {
+          return registry.publish(topic, type, body)
+        },
+        async disconnectUser (userId, code, reason) {
+          return registry.disconnectUser(userId, 'disconnected', code, reason)
+        },
+        stats () {
+          return registry.stats()
+        }
+      }
+      apis.set(instance, api)
+    }
+    return api
+  }
+  // A getter, so `child.secureWs.route()` declares under the child's prefix and hooks.
+  fastify.decorate('secureWs', {
+    getter (this: FastifyInstance) {
+      return apiFor(this)
+    }
+  })
+}
+
+const plugin = fp(secureWs, { fastify: '5.x', name: 'fastify-secure-ws' })
+
+export default plugin
+export { plugin as secureWs }
+export { optionsFromEnv, type EnvOptions } from './env.js'
+export { memoryStore, MemoryStore, type MemoryStoreOptions } from './stores/memory.js'
+export type { SecureWsStore, StoreStats, RateLimits } from './stores/types.js'
+export { DEFAULT_LIMITS, type Limits, type SecureWsOptions, type SecureWsUser, type VerifyToken } from './options.js'
+export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
+export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
+export type { JwtOptions, JwtClaims } from './token.js'
+export type { SecureWsStats } from './registry.js'
+export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError } from './errors.js'

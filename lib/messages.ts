@@ -1,0 +1,207 @@
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { Static, TObject, TSchema } from '@sinclair/typebox'
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
+import fastJson from 'fast-json-stringify'
+import secureJson from 'secure-json-parse'
+import { InvalidRouteError } from './errors.js'
+import type { Limits, SecureWsUser } from './options.js'
+
+/** The texts of `{"type":"error","message":...}` frames: fixed strings, never an exception's own text. */
+export const ERROR_MESSAGES = {
+  invalidJson: 'Invalid JSON',
+  forbiddenKey: 'Invalid message: forbidden property name',
+  binaryFrame: 'Binary frames are not supported',
+  invalidEnvelope: 'A message must be a JSON object with a string "type"',
+  unknownType: 'Unknown message type',
+  invalidPayload: 'Invalid payload',
+  forbidden: 'Forbidden',
+  rateLimited: 'Rate limit exceeded. Connection closed.',
+  internal: 'Internal server error'
+} as const
+
+/** Outbound message bodies by type: the fields that go beside `type`, and no others. */
+export type OutboundSchemas = Record<string, TObject>
+
+/** A session the route resolved; `ownerId` must be the connected user's id. */
+export interface SessionBase {
+  ownerId: string
+}
+
+/** What every message handler gets: the connection, its user and session, and ways to answer. */
+export interface SecureWsConnection<S extends SessionBase = SessionBase, O extends OutboundSchemas = OutboundSchemas> {
+  /** Unique within this process; appears in every log line about the connection. */
+  readonly id: string
+  readonly user: SecureWsUser
+  readonly session: S
+  /** The route's URL parameters. */
+  readonly params: Readonly<Record<string, string>>
+  /** Request logger bound to this connection's user and id. */
+  readonly log: FastifyBaseLogger
+  /** Sends a declared outbound message; fields its schema does not declare are dropped. False once closed. */
+  send<K extends keyof O & string>(type: K, body: Static<O[K]>): boolean
+  /** Sends `{"type":"error","message":...}`. */
+  sendError (message: string): boolean
+  /** Receives what `fastify.secureWs.publish(topic, ...)` sends, until unsubscribed or closed. */
+  subscribe (topic: string): void
+  unsubscribe (topic: string): void
+  isSubscribed (topic: string): boolean
+  /** Closes the connection; code and reason default to 1000 and an empty reason. */
+  close (code?: number, reason?: string): void
+}
+
+/** The payload type a schema describes; `undefined` for a message declared without one. */
+export type PayloadOf<P> = P extends TSchema ? Static<P> : undefined
+
+export type MessageHandler<P, S extends SessionBase, O extends OutboundSchemas> =
+  (connection: SecureWsConnection<S, O>, payload: PayloadOf<P>) => unknown
+
+/** Who may send a message type and what its payload must look like. */
+export interface MessageOptions<P, S extends SessionBase, O extends OutboundSchemas> {
+  /** TypeBox schema of `payload`; without one the message takes no payload. */
+  payload?: P
+  /** Every scope listed must be among the user's scopes, else `Forbidden`. */
+  scopes?: readonly string[]
+  /** Further per-message check; false (or a rejection) answers `Forbidden`. */
+  authorize?: (connection: SecureWsConnection<S, O>, payload: PayloadOf<P>) => boolean | Promise<boolean>
+}
+
+/** One inbound message type: its payload schema, who may send it, and what it does. */
+export interface MessageDefinition<P, S extends SessionBase, O extends OutboundSchemas> extends MessageOptions<P, S, O> {
+  /** Runs for each valid, authorised message. Throwing or rejecting answers `Internal server error`. */
+  handler: MessageHandler<P, S, O>
+}
+
+/**
+ * Declares one message type with its handler's payload type inferred from the schema:
+ * `message(handler)` for a message without payload, `message({ payload, scopes }, handler)`.
+ */
+export interface DefineMessage<S extends SessionBase, O extends OutboundSchemas> {
+  (handler: MessageHandler<undefined, S, O>): MessageDefinition<undefined, S, O>
+  <P extends TSchema | undefined = undefined>(options: MessageOptions<P, S, O>, handler: MessageHandler<P, S, O>): MessageDefinition<P, S, O>
+}
+
+export type MessageMap<S extends SessionBase, O extends OutboundSchemas> = Record<string, MessageDefinition<any, S, O>>
+
+export const defineMessage: DefineMessage<any, any> = (first: unknown, second?: unknown) =>
+  (typeof first === 'function' ? { handler: first } : { ...(first as object), handler: second }) as MessageDefinition<any, any, any>
+
+export interface ResolveSessionContext {
+  request: FastifyRequest
+  user: SecureWsUser
+  params: Readonly<Record<string, string>>
+}
+
+export interface SecureWsRouteOptions<S extends SessionBase, O extends OutboundSchemas> {
+  /** Route URL, with parameters as in any Fastify route. */
+  url: string
+  /** Finds the session the client asks for; nothing, or another owner, refuses with 1008 `Access denied`. */
+  resolveSession: (context: ResolveSessionContext) => S | null | undefined | Promise<S | null | undefined>
+  /**
+   * Inbound message types by `type`. The function form hands you `message()`, which infers
+   * each handler's payload type from its schema.
+   */
+  messages: MessageMap<S, O> | ((message: DefineMessage<S, O>) => MessageMap<S, O>)
+  /** Outbound message types: the fields beside `type`, and no others. `error` is built in. */
+  outbound?: O
+  /** Limits for this route; when connection or message limits differ, the route counts them on its own. */
+  limits?: Partial<Limits>
+  /** Called once an admitted connection is ready, before its first message. */
+  onConnect?: (connection: SecureWsConnection<S, O>) => void
+  /** Called once when the connection ends, whatever ended it. */
+  onClose?: (connection: SecureWsConnection<S, O>) => void
+}
+
+export interface CompiledMessage {
+  readonly check: TypeCheck<TSchema> | null
+  readonly scopes: readonly string[]
+  readonly authorize: MessageOptions<any, SessionBase, OutboundSchemas>['authorize'] | undefined
+  readonly handler: MessageHandler<any, SessionBase, OutboundSchemas>
+}
+
+/** Serialises one outbound type to its full frame: `{"type":"<name>",...declared fields}`. */
+export type OutboundSerializer = (body: unknown) => string
+
+function hasOpenObject (schema: unknown): boolean {
+  if (typeof schema !== 'object' || schema === null) return false
+  const s = schema as Record<string, unknown>
+  if (s.additionalProperties !== undefined && s.additionalProperties !== false) return true
+  if (s.patternProperties !== undefined) return true
+  return Object.values(s).some((child) => typeof child === 'object' && hasOpenObject(child))
+}
+
+function compileSerializer (type: string, schema: TObject): OutboundSerializer {
+  const body = fastJson(schema)
+  // The type is known here, so write it once as a prefix rather than copy every body to add it.
+  const prefix = '{"type":' + JSON.stringify(type)
+  return (value) => {
+    const json = body(value)
+    return json.length === 2 ? prefix + '}' : prefix + ',' + json.slice(1)
+  }
+}
+
+const ERROR_SCHEMA: TObject = { type: 'object', properties: { message: { type: 'string' } }, required: ['message'] } as unknown as TObject
+
+/** Compiles the outbound serialisers once, at route declaration. */
+export function compileOutbound (url: string, outbound: OutboundSchemas | undefined): Map<string, OutboundSerializer> {
+  const serializers = new Map<string, OutboundSerializer>([['error', compileSerializer('error', ERROR_SCHEMA)]])
+  if (outbound === undefined) return serializers
+  if (typeof outbound !== 'object' || outbound === null) throw new InvalidRouteError(`${url}: outbound must be an object of TypeBox object schemas`)
+  for (const [type, schema] of Object.entries(outbound)) {
+    if (type === 'error') throw new InvalidRouteError(`${url}: outbound.error is built in and cannot be redeclared`)
+    if (typeof schema !== 'object' || schema === null || schema.type !== 'object') throw new InvalidRouteError(`${url}: outbound.${type} must be a TypeBox object schema`)
+    // Only declared fields may leave; an open object would pass a session's secrets through.
+    if (hasOpenObject(schema)) throw new InvalidRouteError(`${url}: outbound.${type} must declare every field (no additionalProperties or patternProperties)`)
+    serializers.set(type, compileSerializer(type, schema))
+  }
+  return serializers
+}
+
+/** Compiles each inbound message's schema once, at route declaration. */
+export function compileMessages (url: string, declared: unknown): Map<string, CompiledMessage> {
+  const messages = typeof declared === 'function' ? declared(defineMessage) : declared
+  if (typeof messages !== 'object' || messages === null) throw new InvalidRouteError(`${url}: messages must be an object of message definitions`)
+  const compiled = new Map<string, CompiledMessage>()
+  for (const [type, raw] of Object.entries(messages)) {
+    const def = raw as Partial<MessageDefinition<TSchema, SessionBase, OutboundSchemas>>
+    if (typeof def !== 'object' || def === null || typeof def.handler !== 'function') throw new InvalidRouteError(`${url}: messages.${type}.handler must be a function`)
+    if (def.scopes !== undefined && !(Array.isArray(def.scopes) && def.scopes.every((s) => typeof s === 'string'))) throw new InvalidRouteError(`${url}: messages.${type}.scopes must be an array of strings`)
+    if (def.authorize !== undefined && typeof def.authorize !== 'function') throw new InvalidRouteError(`${url}: messages.${type}.authorize must be a function`)
+    let check: TypeCheck<TSchema> | null = null
+    if (def.payload !== undefined) {
+      try {
+        check = TypeCompiler.Compile(def.payload)
+      } catch {
+        throw new InvalidRouteError(`${url}: messages.${type}.payload must be a TypeBox schema`)
+      }
+    }
+    compiled.set(type, { check, scopes: def.scopes ?? [], authorize: def.authorize, handler: def.handler })
+  }
+  return compiled
+}
+
+export interface Envelope {
+  type: string
+  payload: unknown
+}
+
+/** Parses a text frame into `{type, payload}`, or returns the error message to answer with. */
+export function parseEnvelope (data: Buffer): Envelope | string {
+  let value: unknown
+  try {
+    value = secureJson.parse(data, null, { protoAction: 'error', constructorAction: 'error' })
+  } catch (err) {
+    // secure-json-parse throws SyntaxError for both; only the poisoning one names the key.
+    return (err as Error).message.includes('prototype') ? ERROR_MESSAGES.forbiddenKey : ERROR_MESSAGES.invalidJson
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return ERROR_MESSAGES.invalidEnvelope
+  const { type, payload } = value as Record<string, unknown>
+  if (typeof type !== 'string') return ERROR_MESSAGES.invalidEnvelope
+  return { type, payload }
+}
+
+/** The first schema violation as `Invalid payload: <path> <message>`; names no value. */
+export function describeInvalidPayload (check: TypeCheck<TSchema>, payload: unknown): string {
+  const first = check.Errors(payload).First()
+  if (first === undefined) return ERROR_MESSAGES.invalidPayload
+  return `${ERROR_MESSAGES.invalidPayload}: ${first.path === '' ? '/' : first.path} ${first.message}`
+}

@@ -1,0 +1,193 @@
+import type { FastifyRequest } from 'fastify'
+import type { Algorithm } from 'fast-jwt'
+import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, type CloseKind, type CloseReason, type CloseReasons } from './close-codes.js'
+import { InvalidOptionError } from './errors.js'
+import { createOriginCheck, parseOrigin } from './origin.js'
+import { memoryStore } from './stores/memory.js'
+import type { SecureWsStore } from './stores/types.js'
+import { createJwtVerifier, type JwtOptions } from './token.js'
+
+/** Who is on a connection. Returned by `verifyToken`, bound to the connection for its life. */
+export interface SecureWsUser {
+  /** Stable user id: the key for connection slots and rate limits. */
+  id: string
+  /** Granted scopes, checked by a message handler's `scopes`. */
+  scopes: readonly string[]
+  /** When the credential expires, in ms since the epoch: the connection closes with 4401 then. */
+  expiresAt?: number
+}
+
+/** Resolves a token to its user, or null/undefined to refuse it (4401). */
+export type VerifyToken = (token: string, request: FastifyRequest) =>
+  SecureWsUser | null | undefined | Promise<SecureWsUser | null | undefined>
+
+/** Per-user limits. Every field is a positive integer. */
+export interface Limits {
+  /** Concurrent connections one user may hold. @default 5 */
+  connectionsPerUser: number
+  /** Inbound messages per user in any one-second span, all connections together. @default 10 */
+  messagesPerSecond: number
+  /** Inbound messages per user in any sixty-second span, all connections together. @default 100 */
+  messagesPerMinute: number
+  /** Largest inbound frame in bytes; a larger one closes the connection with 1009. @default 65536 */
+  maxPayloadBytes: number
+}
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  connectionsPerUser: 5,
+  messagesPerSecond: 10,
+  messagesPerMinute: 100,
+  maxPayloadBytes: 64 * 1024
+})
+
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 3000
+
+export interface SecureWsOptions {
+  /**
+   * Allowed `Origin` values, each exactly `scheme://host[:port]`. Required: there is no
+   * allow-all default. A missing or other origin is refused with 1008 `Origin not allowed`.
+   */
+  origins: readonly string[]
+  /** Admit clients that send no `Origin` (non-browser clients). @default false */
+  allowMissingOrigin?: boolean
+  /** Resolves a token to a user. Give this or `jwt`, not both. */
+  verifyToken?: VerifyToken
+  /** Verifies JWTs with fast-jwt; `sub` becomes the user id, `scope` the scopes. */
+  jwt?: JwtOptions
+  /** Default limits for every route; a route may override them. */
+  limits?: Partial<Limits>
+  /** Where slots and message counts live. @default memoryStore() */
+  store?: SecureWsStore
+  /** Overrides for close codes, reasons and HTTP statuses, by refusal. */
+  closeReasons?: Partial<Record<CloseKind, Partial<CloseReason>>>
+  /**
+   * `'close'` completes the upgrade and sends a close frame a browser can read;
+   * `'http'` refuses the upgrade with the HTTP status instead (403/401/403/429).
+   * @default 'close'
+   */
+  rejectWith?: 'close' | 'http'
+  /** How long `fastify.close()` waits for clients to answer the 1001 close before cutting them off. @default 3000 */
+  shutdownTimeoutMs?: number
+}
+
+/** The options every other module reads: complete, validated, frozen. */
+export interface ResolvedOptions {
+  readonly isOriginAllowed: (header: string | undefined) => boolean
+  readonly verifyToken: VerifyToken
+  readonly limits: Readonly<Limits>
+  readonly store: SecureWsStore
+  readonly closeReasons: CloseReasons
+  readonly rejectWith: 'close' | 'http'
+  readonly shutdownTimeoutMs: number
+}
+
+const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs'])
+const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
+const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'consumeMessage', 'stats', 'close'] as const
+
+function fail (message: string): never {
+  throw new InvalidOptionError(message)
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+export function isPositiveInteger (value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0
+}
+
+/** Validates a partial limits object; `where` names it in errors (`limits`, `route limits`). */
+export function validateLimits (value: unknown, where: string): Partial<Limits> {
+  if (value === undefined) return {}
+  if (!isPlainObject(value)) fail(`${where} must be an object`)
+  for (const name of Object.keys(value)) {
+    if (!LIMIT_NAMES.includes(name as keyof Limits)) fail(`${where}.${name} is not a known limit (expected one of ${LIMIT_NAMES.join(', ')})`)
+    if (!isPositiveInteger(value[name])) fail(`${where}.${name} must be a positive integer`)
+  }
+  return value as Partial<Limits>
+}
+
+function validateOrigins (value: unknown): string[] {
+  if (!Array.isArray(value) || value.length === 0) {
+    fail('origins is required: a non-empty array of exact origins such as "https://app.example.com"')
+  }
+  return value.map((entry, i) => {
+    const origin = typeof entry === 'string' ? parseOrigin(entry) : null
+    if (origin === null) fail(`origins[${i}] must be an origin of the form scheme://host[:port]`)
+    return origin
+  })
+}
+
+function validateCloseReasons (value: unknown): CloseReasons {
+  if (value === undefined) return DEFAULT_CLOSE_REASONS
+  if (!isPlainObject(value)) fail('closeReasons must be an object')
+  const merged: Record<string, CloseReason> = {}
+  for (const kind of Object.keys(DEFAULT_CLOSE_REASONS) as CloseKind[]) {
+    merged[kind] = { ...DEFAULT_CLOSE_REASONS[kind] }
+  }
+  for (const [kind, override] of Object.entries(value)) {
+    const entry = merged[kind]
+    if (entry === undefined) fail(`closeReasons.${kind} is not a known refusal (expected one of ${Object.keys(merged).join(', ')})`)
+    if (!isPlainObject(override)) fail(`closeReasons.${kind} must be an object`)
+    if (override.code !== undefined) {
+      if (typeof override.code !== 'number' || !isSendableCloseCode(override.code)) fail(`closeReasons.${kind}.code must be a close code a server may send (1000-1014 except 1004-1006, or 3000-4999)`)
+      entry.code = override.code
+    }
+    if (override.reason !== undefined) {
+      if (typeof override.reason !== 'string' || Buffer.byteLength(override.reason) > MAX_CLOSE_REASON_BYTES) fail(`closeReasons.${kind}.reason must be a string of at most ${MAX_CLOSE_REASON_BYTES} bytes`)
+      entry.reason = override.reason
+    }
+    if (override.status !== undefined) {
+      if (typeof override.status !== 'number' || !Number.isInteger(override.status) || override.status < 400 || override.status > 599) fail(`closeReasons.${kind}.status must be an HTTP error status (400-599)`)
+      entry.status = override.status
+    }
+  }
+  for (const entry of Object.values(merged)) Object.freeze(entry)
+  return Object.freeze(merged) as CloseReasons
+}
+
+function validateStore (value: unknown): SecureWsStore {
+  if (value === undefined) return memoryStore()
+  if (!isPlainObject(value) && typeof value !== 'object') fail('store must be a store object')
+  for (const method of STORE_METHODS) {
+    if (typeof (value as Record<string, unknown>)[method] !== 'function') fail(`store.${method} must be a function (see the SecureWsStore interface)`)
+  }
+  return value as SecureWsStore
+}
+
+function validateVerifier (options: Record<string, unknown>): VerifyToken {
+  const { verifyToken, jwt } = options
+  if (verifyToken !== undefined && jwt !== undefined) fail('give either verifyToken or jwt, not both')
+  if (verifyToken !== undefined) {
+    if (typeof verifyToken !== 'function') fail('verifyToken must be a function (token, request) => user | null')
+    return verifyToken as VerifyToken
+  }
+  if (jwt === undefined) fail('verifyToken or jwt is required: every connection must be authenticated')
+  return createJwtVerifier(jwt, fail)
+}
+
+/** Checks every option once, at registration, and returns the frozen set the plugin runs on. */
+export function validateOptions (raw: unknown): ResolvedOptions {
+  if (!isPlainObject(raw)) fail('options must be an object')
+  for (const name of Object.keys(raw)) {
+    if (!KNOWN_OPTIONS.has(name)) fail(`${name} is not a known option`)
+  }
+  const origins = validateOrigins(raw.origins)
+  if (raw.allowMissingOrigin !== undefined && typeof raw.allowMissingOrigin !== 'boolean') fail('allowMissingOrigin must be a boolean')
+  if (raw.rejectWith !== undefined && raw.rejectWith !== 'close' && raw.rejectWith !== 'http') fail('rejectWith must be "close" or "http"')
+  if (raw.shutdownTimeoutMs !== undefined && !isPositiveInteger(raw.shutdownTimeoutMs)) fail('shutdownTimeoutMs must be a positive integer')
+  const verifyToken = validateVerifier(raw)
+  const limits = Object.freeze({ ...DEFAULT_LIMITS, ...validateLimits(raw.limits, 'limits') })
+  return Object.freeze({
+    isOriginAllowed: createOriginCheck(origins, raw.allowMissingOrigin === true),
+    verifyToken,
+    limits,
+    store: validateStore(raw.store),
+    closeReasons: validateCloseReasons(raw.closeReasons),
+    rejectWith: (raw.rejectWith ?? 'close') as 'close' | 'http',
+    shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number
+  })
+}
+
+export type { Algorithm }

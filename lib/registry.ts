@@ -1,0 +1,126 @@
+import type { CloseKind } from './close-codes.js'
+import type { Connection } from './connection.js'
+import type { SecureWsStore, StoreStats } from './stores/types.js'
+
+/** What `fastify.secureWs.stats()` reports; every count drops back once connections end. */
+export interface SecureWsStats {
+  /** Open connections in this process. */
+  connections: number
+  /** Open connections by user id. */
+  users: Record<string, number>
+  /** Topics with at least one subscriber in this process. */
+  topics: number
+  /** Connection expiry timers running. */
+  timers: number
+  /** The store's own holdings. */
+  store: StoreStats
+}
+
+function addTo<K, V> (map: Map<K, Set<V>>, key: K, value: V): void {
+  let set = map.get(key)
+  if (set === undefined) {
+    set = new Set()
+    map.set(key, set)
+  }
+  set.add(value)
+}
+
+function removeFrom<K, V> (map: Map<K, Set<V>>, key: K, value: V): void {
+  const set = map.get(key)
+  if (set === undefined) return
+  set.delete(value)
+  if (set.size === 0) map.delete(key)
+}
+
+/** The open connections of this process, by user and by topic. */
+export class Registry {
+  readonly #connections = new Set<Connection>()
+  readonly #byUser = new Map<string, Set<Connection>>()
+  readonly #byTopic = new Map<string, Set<Connection>>()
+  readonly #store: SecureWsStore
+  #onEmpty: (() => void) | undefined
+  closing = false
+
+  constructor (store: SecureWsStore) {
+    this.#store = store
+  }
+
+  add (connection: Connection): void {
+    this.#connections.add(connection)
+    addTo(this.#byUser, connection.user.id, connection)
+  }
+
+  remove (connection: Connection): void {
+    this.#connections.delete(connection)
+    removeFrom(this.#byUser, connection.user.id, connection)
+    for (const topic of connection.topics) removeFrom(this.#byTopic, topic, connection)
+    connection.topics.clear()
+    if (this.#connections.size === 0) this.#onEmpty?.()
+  }
+
+  subscribe (connection: Connection, topic: string): void {
+    connection.topics.add(topic)
+    addTo(this.#byTopic, topic, connection)
+  }
+
+  unsubscribe (connection: Connection, topic: string): void {
+    connection.topics.delete(topic)
+    removeFrom(this.#byTopic, topic, connection)
+  }
+
+  /** Sends `type` to every subscriber of `topic` here; returns how many got it. */
+  publish (topic: string, type: string, body: unknown): number {
+    const subscribers = this.#byTopic.get(topic)
+    if (subscribers === undefined) return 0
+    // Serialise once per route: subscribers of one route share their serialiser.
+    const frames = new Map<unknown, string | null>()
+    let delivered = 0
+    for (const connection of subscribers) {
+      let frame = frames.get(connection.route)
+      if (frame === undefined) {
+        const serialize = connection.route.serializers.get(type)
+        frame = serialize === undefined ? null : serialize(body)
+        frames.set(connection.route, frame)
+      }
+      if (frame !== null && connection.sendRaw(frame)) delivered++
+    }
+    return delivered
+  }
+
+  /** Closes every connection of `userId` here with `kind`'s code and reason, or the given ones. */
+  disconnectUser (userId: string, kind: CloseKind, code?: number, reason?: string): number {
+    const connections = this.#byUser.get(userId)
+    if (connections === undefined) return 0
+    const count = connections.size
+    for (const connection of [...connections]) {
+      if (code === undefined) connection.closeFor(kind)
+      else connection.close(code, reason)
+    }
+    return count
+  }
+
+  /**
+   * Closes every connection with `kind` and resolves once all have ended; clients that have
+   * not answered the close within `timeoutMs` are cut off.
+   */
+  async closeAll (kind: CloseKind, timeoutMs: number): Promise<void> {
+    this.closing = true
+    if (this.#connections.size === 0) return
+    const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
+    for (const connection of this.#connections) connection.closeFor(kind)
+    const timer = setTimeout(() => {
+      for (const connection of this.#connections) connection.terminate()
+    }, timeoutMs)
+    await ended
+    clearTimeout(timer)
+    this.#onEmpty = undefined
+  }
+
+  stats (): SecureWsStats {
+    const users: Record<string, number> = {}
+    let timers = 0
+    for (const [id, set] of this.#byUser) users[id] = set.size
+    for (const connection of this.#connections) if (connection.hasExpiryTimer) timers++
+    return { connections: this.#connections.size, users, topics: this.#byTopic.size, timers, store: this.#store.stats() }
+  }
+}

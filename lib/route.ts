@@ -1,0 +1,142 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { WebSocket } from 'ws'
+import { admit, type Admission, type Admitted } from './admission.js'
+import type { CloseReasons } from './close-codes.js'
+import { Connection } from './connection.js'
+import { InvalidRouteError } from './errors.js'
+import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
+import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
+import type { Registry } from './registry.js'
+import type { SecureWsStore } from './stores/types.js'
+
+/** Marks a raw request as an upgrade to one of our routes, for the subprotocol choice. */
+export const kSecuredUpgrade = Symbol('fastify-secure-ws.securedUpgrade')
+
+/** Everything the connection path reads about a route, resolved once at declaration. */
+export interface CompiledRoute {
+  readonly url: string
+  readonly limits: Readonly<Limits>
+  /** Prefix of this route's slot and rate keys: empty when it shares the plugin's limits. */
+  readonly limitScope: string
+  readonly store: SecureWsStore
+  readonly closeReasons: CloseReasons
+  readonly isOriginAllowed: (header: string | undefined) => boolean
+  readonly verifyToken: VerifyToken
+  readonly resolveSession: (context: ResolveSessionContext) => SessionBase | null | undefined | Promise<SessionBase | null | undefined>
+  readonly messages: ReadonlyMap<string, CompiledMessage>
+  readonly serializers: ReadonlyMap<string, OutboundSerializer>
+  readonly onConnect: ((connection: SecureWsConnection) => void) | undefined
+  readonly onClose: ((connection: SecureWsConnection) => void) | undefined
+}
+
+export interface RouteContext {
+  readonly options: ResolvedOptions
+  readonly registry: Registry
+  /** Called with each declared route's full URL, for the query-token scrubber and payload limit. */
+  readonly onDeclared: (fullUrl: string, limits: Readonly<Limits>) => void
+}
+
+// Limits that, once a route changes them, make it count slots and messages on its own.
+const SHARED_LIMITS = ['connectionsPerUser', 'messagesPerSecond', 'messagesPerMinute'] as const
+
+function compileRoute (def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, fullUrl: string, options: ResolvedOptions): CompiledRoute {
+  if (typeof def !== 'object' || def === null) throw new InvalidRouteError('route options must be an object')
+  if (typeof def.url !== 'string' || def.url === '') throw new InvalidRouteError('url must be a non-empty string')
+  if (typeof def.resolveSession !== 'function') throw new InvalidRouteError(`${def.url}: resolveSession is required: every connection must be bound to a session its user owns`)
+  if (def.onConnect !== undefined && typeof def.onConnect !== 'function') throw new InvalidRouteError(`${def.url}: onConnect must be a function`)
+  if (def.onClose !== undefined && typeof def.onClose !== 'function') throw new InvalidRouteError(`${def.url}: onClose must be a function`)
+  let routeLimits: Partial<Limits>
+  try {
+    routeLimits = validateLimits(def.limits, `${def.url}: limits`)
+  } catch (err) {
+    throw new InvalidRouteError((err as Error).message)
+  }
+  const limits = Object.freeze({ ...options.limits, ...routeLimits })
+  const ownLimits = SHARED_LIMITS.some((name) => limits[name] !== options.limits[name])
+  return {
+    url: fullUrl,
+    limits,
+    limitScope: ownLimits ? `${fullUrl}|` : '',
+    store: options.store,
+    closeReasons: options.closeReasons,
+    isOriginAllowed: options.isOriginAllowed,
+    verifyToken: options.verifyToken,
+    resolveSession: def.resolveSession,
+    messages: compileMessages(def.url, def.messages),
+    serializers: compileOutbound(def.url, def.outbound),
+    onConnect: def.onConnect as CompiledRoute['onConnect'],
+    onClose: def.onClose as CompiledRoute['onClose']
+  }
+}
+
+function joinUrl (prefix: string, url: string): string {
+  if (prefix === '') return url
+  return prefix.endsWith('/') && url.startsWith('/') ? prefix + url.slice(1) : prefix + url
+}
+
+/** Declares one secured WebSocket route on `instance`, honouring its prefix and hooks. */
+export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, context: RouteContext): void {
+  const { options, registry } = context
+  const route = compileRoute(def, joinUrl(instance.prefix, typeof def?.url === 'string' ? def.url : ''), options)
+  const admissions = new WeakMap<FastifyRequest, Admission>()
+
+  async function admitUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    // A plain HTTP request to the route falls through to @fastify/websocket's 404.
+    if (!request.ws) return
+    ;(request.raw as unknown as Record<symbol, boolean>)[kSecuredUpgrade] = true
+    const admission = registry.closing ? { admitted: false as const, kind: 'shuttingDown' as const } : await admit(request, route)
+    if (!admission.admitted) {
+      request.log.warn({ refusal: admission.kind, userId: admission.userId, ip: request.ip }, 'websocket connection refused')
+      if (options.rejectWith === 'http') {
+        const { status, reason } = route.closeReasons[admission.kind]
+        return reply.code(status).send({ statusCode: status, code: admission.kind, message: reason })
+      }
+    } else if (request.raw.socket?.destroyed === true) {
+      // The client left while we were checking; nobody will ever close this connection.
+      admission.release()
+      return
+    } else {
+      // Ties the slot to the TCP socket, so a handshake that never completes frees it too.
+      request.raw.socket?.once('close', admission.release)
+    }
+    admissions.set(request, admission)
+  }
+
+  function onUpgraded (socket: WebSocket, request: FastifyRequest): void {
+    const admission = admissions.get(request)
+    admissions.delete(request)
+    if (admission === undefined || !admission.admitted) {
+      const { code, reason } = route.closeReasons[admission?.kind ?? 'internalError']
+      socket.close(code, reason)
+      return
+    }
+    startConnection(socket, request, admission)
+  }
+
+  function startConnection (socket: WebSocket, request: FastifyRequest, admission: Admitted): void {
+    const connection = new Connection(socket, route, registry, {
+      id: admission.connectionId,
+      user: admission.user,
+      session: admission.session,
+      params: request.params as Record<string, string>,
+      limitKey: admission.limitKey,
+      log: request.log,
+      release: admission.release
+    })
+    if (registry.closing) {
+      connection.closeFor('shuttingDown')
+      return
+    }
+    if (route.onConnect !== undefined) {
+      try {
+        route.onConnect(connection)
+      } catch (err) {
+        request.log.error({ err, userId: admission.user.id, connectionId: admission.connectionId }, 'websocket onConnect hook failed')
+        connection.closeFor('internalError')
+      }
+    }
+  }
+
+  instance.route({ method: 'GET', url: def.url, websocket: true, onRequest: admitUpgrade, handler: onUpgraded })
+  context.onDeclared(route.url, route.limits)
+}

@@ -1,0 +1,97 @@
+import { RateCounter, type RateLimits } from '../rate-window.js'
+import type { SecureWsStore, StoreStats } from './types.js'
+
+export interface MemoryStoreOptions {
+  /**
+   * How often idle rate counters are dropped, in ms.
+   * @default 10000
+   */
+  sweepIntervalMs?: number
+  /** Clock in ms since the epoch; for tests. @default Date.now */
+  now?: () => number
+}
+
+const DEFAULT_SWEEP_INTERVAL_MS = 10_000
+
+/** Counters and slots shared by the connections of one process. */
+export class MemoryStore implements SecureWsStore {
+  readonly #slots = new Map<string, Set<string>>()
+  readonly #counters = new Map<string, RateCounter>()
+  readonly #now: () => number
+  readonly #sweepIntervalMs: number
+  #sweeper: NodeJS.Timeout | undefined
+
+  constructor (options: MemoryStoreOptions = {}) {
+    this.#now = options.now ?? Date.now
+    this.#sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS
+    if (!(Number.isInteger(this.#sweepIntervalMs) && this.#sweepIntervalMs > 0)) {
+      throw new TypeError('memoryStore: sweepIntervalMs must be a positive integer')
+    }
+  }
+
+  async acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean> {
+    // Check and add run in one synchronous step, so concurrent upgrades cannot both pass.
+    let held = this.#slots.get(key)
+    if (held === undefined) {
+      held = new Set()
+      this.#slots.set(key, held)
+    }
+    if (held.size >= limit) return false
+    held.add(connectionId)
+    return true
+  }
+
+  async releaseSlot (key: string, connectionId: string): Promise<void> {
+    const held = this.#slots.get(key)
+    if (held === undefined) return
+    held.delete(connectionId)
+    if (held.size === 0) this.#slots.delete(key)
+  }
+
+  consumeMessage (key: string, limits: RateLimits): boolean {
+    let counter = this.#counters.get(key)
+    if (counter === undefined) {
+      counter = new RateCounter()
+      this.#counters.set(key, counter)
+      this.#startSweeper()
+    }
+    return counter.tryConsume(this.#now(), limits)
+  }
+
+  stats (): StoreStats {
+    const slots: Record<string, number> = {}
+    for (const [key, held] of this.#slots) slots[key] = held.size
+    return { slots, rateCounters: this.#counters.size }
+  }
+
+  async close (): Promise<void> {
+    this.#stopSweeper()
+    this.#counters.clear()
+    this.#slots.clear()
+  }
+
+  #startSweeper (): void {
+    if (this.#sweeper !== undefined) return
+    this.#sweeper = setInterval(() => this.#sweep(), this.#sweepIntervalMs)
+    // An idle store must never keep the process alive.
+    this.#sweeper.unref()
+  }
+
+  #stopSweeper (): void {
+    clearInterval(this.#sweeper)
+    this.#sweeper = undefined
+  }
+
+  #sweep (): void {
+    const now = this.#now()
+    for (const [key, counter] of this.#counters) {
+      if (counter.isIdle(now)) this.#counters.delete(key)
+    }
+    if (this.#counters.size === 0) this.#stopSweeper()
+  }
+}
+
+/** The default store: limits held in this process only. */
+export function memoryStore (options?: MemoryStoreOptions): SecureWsStore {
+  return new MemoryStore(options)
+}

@@ -1,0 +1,148 @@
+import type { IncomingMessage } from 'node:http'
+import type { FastifyRequest } from 'fastify'
+import { createVerifier, type Algorithm } from 'fast-jwt'
+import type { SecureWsUser, VerifyToken } from './options.js'
+
+/** Where the query-string token waits once it has been cut out of the request URL. */
+export const kQueryToken = Symbol('fastify-secure-ws.queryToken')
+
+type RequestWithToken = IncomingMessage & { [kQueryToken]?: string }
+
+/** The subprotocol a client names before its token: `Sec-WebSocket-Protocol: bearer, <token>`. */
+export const BEARER_PROTOCOL = 'bearer'
+
+const ALGORITHMS: readonly Algorithm[] = ['HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']
+
+/** fast-jwt's `clockTolerance` is in ms; more than a few seconds turns expiry into a suggestion. */
+export const MAX_CLOCK_TOLERANCE_MS = 5000
+const DEFAULT_CACHE_SIZE = 1000
+
+export interface JwtClaims {
+  sub?: unknown
+  exp?: unknown
+  iat?: unknown
+  nbf?: unknown
+  scope?: unknown
+  [claim: string]: unknown
+}
+
+export interface JwtOptions {
+  /** HMAC secret, or the PEM public key for RS/PS/ES/EdDSA. */
+  key: string | Buffer
+  /** Accepted algorithms, pinned: a token signed with any other is refused. */
+  algorithms: readonly Algorithm[]
+  /** Required `iss` value(s). */
+  issuer?: string | readonly string[]
+  /** Required `aud` value(s). */
+  audience?: string | readonly string[]
+  /** Allowed clock skew for `exp`, `nbf` and `iat`, in ms, at most 5000. @default 0 */
+  clockToleranceMs?: number
+  /** Verified tokens kept to skip re-verification on reconnect; 0 turns the cache off. @default 1000 */
+  cacheSize?: number
+  /**
+   * Maps verified claims to the user; return null to refuse. The default takes `sub` as the
+   * id and the space-separated `scope` claim as scopes. `expiresAt` defaults to `exp`.
+   */
+  user?: (claims: JwtClaims) => SecureWsUser | null
+}
+
+/**
+ * Cuts `token` out of the query string of an upgrade request before Fastify logs the URL,
+ * and keeps it on the raw request for admission. Only URLs `isSecuredPath` accepts are
+ * touched, so other routes keep their query strings.
+ */
+export function takeQueryToken (req: IncomingMessage, isSecuredPath: (path: string) => boolean): void {
+  const url = req.url
+  if (url === undefined) return
+  const q = url.indexOf('?')
+  if (q === -1 || !url.includes('token=', q)) return
+  const path = url.slice(0, q)
+  if (!isSecuredPath(path)) return
+  const params = new URLSearchParams(url.slice(q + 1))
+  const token = params.get('token')
+  if (token === null) return
+  params.delete('token')
+  const rest = params.toString()
+  ;(req as RequestWithToken)[kQueryToken] = token
+  req.url = rest === '' ? path : `${path}?${rest}`
+}
+
+/** The token from `?token=` or from `Sec-WebSocket-Protocol: bearer, <token>`, if any. */
+export function readToken (request: FastifyRequest): string | undefined {
+  const fromQuery = (request.raw as RequestWithToken)[kQueryToken]
+  if (fromQuery !== undefined && fromQuery !== '') return fromQuery
+  const header = request.headers['sec-websocket-protocol']
+  if (header === undefined) return undefined
+  const protocols = header.split(',')
+  for (let i = 0; i < protocols.length - 1; i++) {
+    if (protocols[i]!.trim() === BEARER_PROTOCOL) {
+      const token = protocols[i + 1]!.trim()
+      return token === '' ? undefined : token
+    }
+  }
+  return undefined
+}
+
+function scopesOf (claims: JwtClaims): string[] {
+  const scope = claims.scope
+  if (typeof scope === 'string') return scope.split(' ').filter((s) => s !== '')
+  if (Array.isArray(scope)) return scope.filter((s): s is string => typeof s === 'string')
+  return []
+}
+
+function defaultUser (claims: JwtClaims): SecureWsUser | null {
+  if (typeof claims.sub !== 'string' || claims.sub === '') return null
+  return { id: claims.sub, scopes: scopesOf(claims) }
+}
+
+function isStringList (value: unknown): value is string | string[] {
+  return typeof value === 'string' || (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string'))
+}
+
+/** Builds a `verifyToken` from the `jwt` option; `fail` reports a bad option by name. */
+export function createJwtVerifier (raw: unknown, fail: (message: string) => never): VerifyToken {
+  if (typeof raw !== 'object' || raw === null) fail('jwt must be an object with key and algorithms')
+  const jwt = raw as Partial<JwtOptions>
+  if (!(typeof jwt.key === 'string' || Buffer.isBuffer(jwt.key)) || jwt.key.length === 0) fail('jwt.key must be a non-empty string or Buffer')
+  // fast-jwt accepts a bare string here and then trusts whatever the key allows, so check it ourselves.
+  if (!Array.isArray(jwt.algorithms) || jwt.algorithms.length === 0 || !jwt.algorithms.every((a) => ALGORITHMS.includes(a))) {
+    fail(`jwt.algorithms must be a non-empty array of ${ALGORITHMS.join(', ')}`)
+  }
+  if (jwt.issuer !== undefined && !isStringList(jwt.issuer)) fail('jwt.issuer must be a string or an array of strings')
+  if (jwt.audience !== undefined && !isStringList(jwt.audience)) fail('jwt.audience must be a string or an array of strings')
+  const tolerance = jwt.clockToleranceMs ?? 0
+  if (!Number.isInteger(tolerance) || tolerance < 0 || tolerance > MAX_CLOCK_TOLERANCE_MS) fail(`jwt.clockToleranceMs must be an integer from 0 to ${MAX_CLOCK_TOLERANCE_MS}`)
+  const cacheSize = jwt.cacheSize ?? DEFAULT_CACHE_SIZE
+  if (!Number.isInteger(cacheSize) || cacheSize < 0) fail('jwt.cacheSize must be a non-negative integer')
+  if (jwt.user !== undefined && typeof jwt.user !== 'function') fail('jwt.user must be a function (claims) => user | null')
+  const toUser = jwt.user ?? defaultUser
+
+  let verify: (token: string) => JwtClaims
+  try {
+    verify = createVerifier({
+      key: jwt.key,
+      algorithms: [...jwt.algorithms],
+      requiredClaims: ['exp', 'sub'],
+      allowedIss: jwt.issuer as string | string[] | undefined,
+      allowedAud: jwt.audience as string | string[] | undefined,
+      clockTolerance: tolerance,
+      cache: cacheSize === 0 ? false : cacheSize
+    }) as (token: string) => JwtClaims
+  } catch {
+    fail('jwt.key does not fit jwt.algorithms')
+  }
+
+  return function verifyJwt (token) {
+    let claims: JwtClaims
+    try {
+      claims = verify(token)
+    } catch {
+      return null
+    }
+    // fast-jwt checks `iat` only together with maxAge; a token issued in the future is forged or skewed.
+    if (claims.iat !== undefined && (typeof claims.iat !== 'number' || claims.iat * 1000 > Date.now() + tolerance)) return null
+    const user = toUser(claims)
+    if (user === null || user === undefined) return null
+    return user.expiresAt === undefined ? { ...user, expiresAt: (claims.exp as number) * 1000 } : user
+  }
+}

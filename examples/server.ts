@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
-import secureWs, { optionsFromEnv, type SecureWsStore } from '../lib/index.js'
+import secureWs, { optionsFromEnv, redisStore, type SecureWsStore } from '../lib/index.js'
 
 interface TradingSession {
   id: string
@@ -32,9 +32,14 @@ function readPort (value: string | undefined): number {
   return port
 }
 
-async function createStore (redisUrl: string | undefined): Promise<SecureWsStore | undefined> {
-  if (redisUrl === undefined || redisUrl === '') return undefined
-  fatal('WS_REDIS_URL is set, but this build has no Redis store yet')
+function createStore (env: NodeJS.ProcessEnv): SecureWsStore | undefined {
+  const url = env.WS_REDIS_URL
+  if (url === undefined || url === '') return undefined
+  if (!/^rediss?:\/\//.test(url)) fatal(`WS_REDIS_URL must be a redis:// or rediss:// URL, got "${url}"`)
+  const lease = env.WS_REDIS_LEASE_MS
+  const leaseMs = lease === undefined || lease === '' ? undefined : Number(lease)
+  if (leaseMs !== undefined && !(Number.isSafeInteger(leaseMs) && leaseMs > 0)) fatal(`WS_REDIS_LEASE_MS must be a positive integer, got "${lease}"`)
+  return redisStore({ url, leaseMs })
 }
 
 function seedSessions (): Map<string, TradingSession> {
@@ -63,7 +68,7 @@ async function main (): Promise<void> {
     secret = DEV_SECRET
     process.stderr.write('WARNING: WS_JWT_SECRET is not set; using a publicly known development secret. Anyone can forge tokens. Set WS_JWT_SECRET before exposing this server.\n')
   }
-  const store = await createStore(process.env.WS_REDIS_URL)
+  const store = createStore(process.env)
   const sessions = seedSessions()
 
   const app = Fastify({ logger: { level: process.env.LOG_LEVEL || 'info' } })
@@ -119,7 +124,10 @@ async function main (): Promise<void> {
         const session = conn.session
         session.state = 'stopped'
         conn.send('status', toStatus(session))
-        await app.secureWs.publish(statusTopic(session.id), 'status', toStatus(session))
+        // Subscribers here already have it; other instances may be unreachable for a moment.
+        await app.secureWs.publish(statusTopic(session.id), 'status', toStatus(session)).catch((err: unknown) => {
+          conn.log.warn({ err, userId: conn.user.id }, 'status change not sent to other instances')
+        })
       })
     })
   })

@@ -7,6 +7,8 @@ export const {
   optionsFromEnv,
   memoryStore,
   MemoryStore,
+  redisStore,
+  RedisStore,
   DEFAULT_LIMITS,
   DEFAULT_CLOSE_REASONS,
   ERROR_MESSAGES,

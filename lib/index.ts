@@ -5,6 +5,8 @@ import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import FindMyWay from 'find-my-way'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
+import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
+import { InvalidOptionError } from './errors.js'
 import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
 import { Registry, type SecureWsStats } from './registry.js'
 import { declareRoute, kSecuredUpgrade } from './route.js'
@@ -17,9 +19,17 @@ const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
 export interface SecureWsApi {
   /** Declares a secured WebSocket route on this instance, under its prefix and hooks. */
   route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>>(options: SecureWsRouteOptions<S, O>): void
-  /** Sends an outbound message to every subscriber of `topic`; resolves with how many got it here. */
+  /**
+   * Sends an outbound message to every subscriber of `topic`, on every instance sharing the
+   * store; resolves with how many got it here. Rejects with `StoreUnavailableError` when the
+   * other instances could not be told (local subscribers have it already).
+   */
   publish (topic: string, type: string, body: unknown): Promise<number>
-  /** Closes every connection of `userId`, by default with 4403 `Disconnected by the server`. */
+  /**
+   * Closes every connection of `userId` on every instance sharing the store, by default with
+   * 4403 `Disconnected by the server`; resolves with how many closed here. Rejects with
+   * `StoreUnavailableError` when the other instances could not be told.
+   */
   disconnectUser (userId: string, code?: number, reason?: string): Promise<number>
   /** Open connections, slots and timers, for monitoring and leak tests. */
   stats (): SecureWsStats
@@ -31,9 +41,22 @@ declare module 'fastify' {
   }
 }
 
+function validateCloseFrame (code: number, reason: string | undefined): void {
+  if (!isSendableCloseCode(code)) throw new InvalidOptionError(`disconnectUser: code ${code} is not a close code a server may send`)
+  if (reason !== undefined && Buffer.byteLength(reason) > MAX_CLOSE_REASON_BYTES) throw new InvalidOptionError(`disconnectUser: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes`)
+}
+
 const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {
   const options = validateOptions(rawOptions)
   const registry = new Registry(options.store)
+  const store = options.store
+  store.init?.({
+    log: fastify.log,
+    deliver (event) {
+      if (event.kind === 'publish') registry.publish(event.topic, event.type, event.body)
+      else registry.disconnectUser(event.userId, 'disconnected', event.code, event.reason)
+    }
+  })
   const securedPaths = FindMyWay({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
   let largestPayload = options.limits.maxPayloadBytes
 
@@ -50,7 +73,7 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   })
   fastify.addHook('onClose', async () => {
     fastify.server.removeListener('upgrade', scrubToken)
-    await options.store.close()
+    await store.close()
   })
 
   if (!fastify.hasDecorator('websocketServer')) {
@@ -93,10 +116,15 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
           declareRoute(instance, routeOptions as unknown as Parameters<typeof declareRoute>[1], context)
         },
         async publish (topic, type, body) {
-          return registry.publish(topic, type, body)
+          const delivered = registry.publish(topic, type, body)
+          await store.broadcast?.({ kind: 'publish', topic, type, body })
+          return delivered
         },
         async disconnectUser (userId, code, reason) {
-          return registry.disconnectUser(userId, 'disconnected', code, reason)
+          if (code !== undefined) validateCloseFrame(code, reason)
+          const closed = registry.disconnectUser(userId, 'disconnected', code, reason)
+          await store.broadcast?.({ kind: 'disconnect', userId, code, reason })
+          return closed
         },
         stats () {
           return registry.stats()
@@ -120,7 +148,8 @@ export default plugin
 export { plugin as secureWs }
 export { optionsFromEnv, type EnvOptions } from './env.js'
 export { memoryStore, MemoryStore, type MemoryStoreOptions } from './stores/memory.js'
-export type { SecureWsStore, StoreStats, RateLimits } from './stores/types.js'
+export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.js'
+export type { SecureWsStore, StoreStats, RateLimits, BroadcastEvent, StoreContext } from './stores/types.js'
 export { DEFAULT_LIMITS, type Limits, type SecureWsOptions, type SecureWsUser, type VerifyToken } from './options.js'
 export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
 export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'

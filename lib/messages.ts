@@ -129,6 +129,30 @@ function hasOpenObject (schema: unknown): boolean {
   return Object.values(s).some((child) => typeof child === 'object' && hasOpenObject(child))
 }
 
+// A schema with none of these (Type.Any, Type.Unknown) makes fast-json-stringify write the
+// value whole, so an object given there would carry every field, secrets included.
+const CONSTRAINING_KEYWORDS = ['type', 'const', 'enum', 'anyOf', 'oneOf', 'allOf', '$ref']
+
+/** True when some value the schema writes (a field, an array item, a union member) is unconstrained. */
+function hasUnconstrainedValue (schema: unknown, writesValue = true): boolean {
+  if (schema === true) return true
+  if (typeof schema !== 'object' || schema === null) return false
+  const s = schema as Record<string, unknown>
+  // allOf members are merged into one schema, so a member alone need not say what it writes.
+  if (writesValue && !CONSTRAINING_KEYWORDS.some((keyword) => s[keyword] !== undefined)) return true
+  const isArray = s.type === 'array' || (Array.isArray(s.type) && s.type.includes('array'))
+  if (writesValue && isArray && s.items === undefined && s.prefixItems === undefined) return true
+  const written: unknown[] = []
+  if (typeof s.properties === 'object' && s.properties !== null) written.push(...Object.values(s.properties))
+  for (const keyword of ['items', 'prefixItems', 'anyOf', 'oneOf']) {
+    const child = s[keyword]
+    if (Array.isArray(child)) written.push(...child)
+    else if (child !== undefined) written.push(child)
+  }
+  const merged = Array.isArray(s.allOf) ? s.allOf : []
+  return written.some((child) => hasUnconstrainedValue(child)) || merged.some((child) => hasUnconstrainedValue(child, false))
+}
+
 function compileSerializer (type: string, schema: TObject): OutboundSerializer {
   const body = fastJson(schema)
   // The type is known here, so write it once as a prefix rather than copy every body to add it.
@@ -151,6 +175,7 @@ export function compileOutbound (url: string, outbound: OutboundSchemas | undefi
     if (typeof schema !== 'object' || schema === null || schema.type !== 'object') throw new InvalidRouteError(`${url}: outbound.${type} must be a TypeBox object schema`)
     // Only declared fields may leave; an open object would pass a session's secrets through.
     if (hasOpenObject(schema)) throw new InvalidRouteError(`${url}: outbound.${type} must declare every field (no additionalProperties or patternProperties)`)
+    if (hasUnconstrainedValue(schema)) throw new InvalidRouteError(`${url}: outbound.${type} must give every field a type (no Type.Any or Type.Unknown)`)
     serializers.set(type, compileSerializer(type, schema))
   }
   return serializers

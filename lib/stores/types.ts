@@ -1,3 +1,4 @@
+import type { FastifyBaseLogger } from 'fastify'
 import type { RateLimits } from '../rate-window.js'
 
 export type { RateLimits }
@@ -8,6 +9,19 @@ export interface StoreStats {
   slots: Record<string, number>
   /** Rate counters kept in this process (released once a user has been idle a minute). */
   rateCounters: number
+}
+
+/** An action every instance sharing the store carries out on its own connections. */
+export type BroadcastEvent =
+  | { kind: 'publish', topic: string, type: string, body: unknown }
+  | { kind: 'disconnect', userId: string, code?: number, reason?: string }
+
+/** What the plugin hands a store when it is registered. */
+export interface StoreContext {
+  /** The Fastify logger, for outage lines. */
+  log: FastifyBaseLogger
+  /** Carries out an event another instance broadcast. */
+  deliver: (event: BroadcastEvent) => void
 }
 
 /**
@@ -27,6 +41,13 @@ export interface SecureWsStore {
   releaseSlot (key: string, connectionId: string): Promise<void>
   /** Counts one inbound message for `key`; false when either window is already full. */
   consumeMessage (key: string, limits: RateLimits): boolean
+  /** Called once at registration; a shared store starts listening for broadcasts here. */
+  init? (context: StoreContext): void
+  /**
+   * Sends an event to the other instances sharing the store (this instance has already
+   * carried it out). Absent on stores that serve one process. Rejects when unreachable.
+   */
+  broadcast? (event: BroadcastEvent): Promise<void>
   /** Current holdings, for tests and monitoring. */
   stats (): StoreStats
   /** Stops timers and lets go of connections; called from Fastify's `onClose`. */

@@ -1,0 +1,449 @@
+import { randomUUID } from 'node:crypto'
+import { Redis, type RedisOptions } from 'ioredis'
+import type { FastifyBaseLogger } from 'fastify'
+import secureJson from 'secure-json-parse'
+import { StoreUnavailableError } from '../errors.js'
+import { MINUTE_MS, RateCounter, SECOND_MS, type RateLimits } from '../rate-window.js'
+import type { BroadcastEvent, SecureWsStore, StoreContext, StoreStats } from './types.js'
+
+export interface RedisStoreOptions {
+  /** An ioredis client the app owns; the store never closes it. Give this or `url`. */
+  client?: Redis
+  /** A Redis URL; the store opens and closes its own clients. */
+  url?: string
+  /** Prefix of every key and channel the store uses. @default 'secure-ws:' */
+  prefix?: string
+  /** How long a connection slot outlives the instance that holds it, in ms. @default 30000 */
+  leaseMs?: number
+  /** How often message counts are exchanged with Redis, in ms. @default 50 */
+  syncIntervalMs?: number
+  /** How long one Redis call may take before the store counts Redis as unreachable, in ms. @default 1000 */
+  commandTimeoutMs?: number
+  /**
+   * While Redis is unreachable, admit connections under this instance's own limits instead
+   * of refusing them with 1013. Off by default: an outage must not lift the limits.
+   * @default false
+   */
+  failOpen?: boolean
+}
+
+const DEFAULT_PREFIX = 'secure-ws:'
+const DEFAULT_LEASE_MS = 30_000
+const DEFAULT_SYNC_INTERVAL_MS = 50
+const DEFAULT_COMMAND_TIMEOUT_MS = 1000
+// Matches the local counter's buckets, so Redis and local sums cover the same spans.
+const RATE_BUCKET_MS = 50
+const RATE_SWEEP_MS = 10_000
+const RENEW_BATCH = 500
+
+// Server time, so instances with skewed clocks agree on when a lease runs out.
+const NOW_MS = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+
+const ACQUIRE_LUA = `${NOW_MS}
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1`
+
+const RENEW_LUA = `${NOW_MS}
+local lease = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], lease * 2)
+end
+return #KEYS`
+
+// Adds this instance's counts per 50 ms bucket, drops buckets past the windows and returns
+// the totals of every instance over the last second (21 buckets) and minute (61 buckets).
+const RATE_LUA = `local now = tonumber(ARGV[1])
+local nowMinute = math.floor(now / 20)
+for i = 3, #ARGV, 2 do
+  local tick = tonumber(ARGV[i])
+  local n = tonumber(ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[1], 's' .. tick, n)
+  redis.call('HINCRBY', KEYS[1], 'm' .. math.floor(tick / 20), n)
+end
+local second, minute = 0, 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local field = fields[i]
+  local tick = tonumber(string.sub(field, 2))
+  local n = tonumber(fields[i + 1])
+  if string.sub(field, 1, 1) == 's' then
+    if tick > now - 21 then second = second + n else redis.call('HDEL', KEYS[1], field) end
+  else
+    if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', KEYS[1], field) end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return { second, minute }`
+
+interface ScriptedRedis extends Redis {
+  secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<number>
+  secureWsRenew (...args: Array<string | number>): Promise<number>
+  secureWsRate (key: string, nowTick: number, ttlMs: number, ...deltas: number[]): Promise<[number, number]>
+}
+
+/** One user's message counts: this instance's own, exact, and the others' as of the last sync. */
+class SharedRate {
+  readonly local = new RateCounter()
+  pending = new Map<number, number>()
+  pendingCount = 0
+  remoteSecond = 0
+  remoteMinute = 0
+  syncedAt = Number.NEGATIVE_INFINITY
+}
+
+function positiveInteger (name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new TypeError(`redisStore: ${name} must be a positive integer`)
+  return value
+}
+
+const SILENT_LOG = { warn () {}, info () {}, error () {} } as unknown as FastifyBaseLogger
+
+/**
+ * Shares connection slots and message counts between every instance that uses one Redis.
+ * Slots are leases in a sorted set, taken atomically by a Lua script and renewed while the
+ * connection lives, so a dead instance's slots free themselves. Message checks stay local
+ * and synchronous; counts are exchanged with Redis in the background (see README).
+ */
+export class RedisStore implements SecureWsStore {
+  readonly #client: ScriptedRedis
+  readonly #subscriber: Redis
+  readonly #ownsClient: boolean
+  readonly #prefix: string
+  readonly #channel: string
+  readonly #leaseMs: number
+  readonly #syncIntervalMs: number
+  readonly #commandTimeoutMs: number
+  readonly #failOpen: boolean
+  readonly #instanceId = randomUUID()
+  /** Slots this instance holds: limit key → members. */
+  readonly #held = new Map<string, Set<string>>()
+  readonly #rates = new Map<string, SharedRate>()
+  readonly #dirty = new Set<string>()
+  #log: FastifyBaseLogger = SILENT_LOG
+  #deliver: ((event: BroadcastEvent) => void) | undefined
+  #available = false
+  #everReady = false
+  #outageLogged = false
+  #closed = false
+  #syncing = false
+  #renewTimer: NodeJS.Timeout | undefined
+  #syncTimer: NodeJS.Timeout | undefined
+  #sweepTimer: NodeJS.Timeout | undefined
+  #lastStaleScan = 0
+
+  constructor (options: RedisStoreOptions) {
+    if (typeof options !== 'object' || options === null) throw new TypeError('redisStore: options must be an object with client or url')
+    if ((options.client === undefined) === (options.url === undefined)) throw new TypeError('redisStore: give exactly one of client or url')
+    if (options.url !== undefined && typeof options.url !== 'string') throw new TypeError('redisStore: url must be a string')
+    if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new TypeError('redisStore: prefix must be a string')
+    if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new TypeError('redisStore: failOpen must be a boolean')
+    this.#leaseMs = positiveInteger('leaseMs', options.leaseMs, DEFAULT_LEASE_MS)
+    this.#syncIntervalMs = positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS)
+    this.#commandTimeoutMs = positiveInteger('commandTimeoutMs', options.commandTimeoutMs, DEFAULT_COMMAND_TIMEOUT_MS)
+    this.#failOpen = options.failOpen === true
+    this.#prefix = options.prefix ?? DEFAULT_PREFIX
+    this.#channel = `${this.#prefix}events`
+
+    // Commands fail at once while Redis is away instead of queueing; reconnects keep trying.
+    const clientOptions: RedisOptions = {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (times) => Math.min(times * 100, 1000)
+    }
+    this.#ownsClient = options.client === undefined
+    const client = options.client ?? new Redis(options.url!, clientOptions)
+    this.#client = client as ScriptedRedis
+    this.#subscriber = client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, retryStrategy: clientOptions.retryStrategy })
+    client.defineCommand('secureWsAcquire', { numberOfKeys: 1, lua: ACQUIRE_LUA })
+    client.defineCommand('secureWsRenew', { lua: RENEW_LUA })
+    client.defineCommand('secureWsRate', { numberOfKeys: 1, lua: RATE_LUA })
+
+    client.on('ready', this.#onReady)
+    client.on('error', this.#onDown)
+    client.on('close', this.#onDown)
+    // The subscriber reports the same outages; its errors only need a listener.
+    this.#subscriber.on('error', () => {})
+    this.#subscriber.on('message', this.#onEvent)
+    if (client.status === 'ready') this.#onReady()
+  }
+
+  init (context: StoreContext): void {
+    this.#log = context.log
+    this.#deliver = context.deliver
+    this.#subscriber.subscribe(this.#channel).catch((err: unknown) => {
+      this.#log.error({ err }, 'fastify-secure-ws: redis store could not subscribe to its event channel')
+    })
+  }
+
+  async acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean> {
+    const member = `${this.#instanceId}:${connectionId}`
+    if (!(await this.#usable())) {
+      if (!this.#failOpen) throw new StoreUnavailableError('redis is unreachable')
+      // Fail-open: this instance's own count is all there is until Redis returns.
+      if ((this.#held.get(key)?.size ?? 0) >= limit) return false
+      this.#hold(key, member)
+      return true
+    }
+    let acquired: number
+    try {
+      acquired = await this.#timed(this.#client.secureWsAcquire(this.#slotKey(key), limit, member, this.#leaseMs))
+    } catch (err) {
+      throw new StoreUnavailableError((err as Error).message)
+    }
+    if (acquired !== 1) return false
+    this.#hold(key, member)
+    return true
+  }
+
+  async releaseSlot (key: string, connectionId: string): Promise<void> {
+    const member = `${this.#instanceId}:${connectionId}`
+    const held = this.#held.get(key)
+    if (held === undefined || !held.delete(member)) return
+    if (held.size === 0) this.#held.delete(key)
+    if (this.#held.size === 0) this.#stopRenewing()
+    // While Redis is away the lease simply runs out; nothing else holds it.
+    if (!this.#available) return
+    await this.#timed(this.#client.zrem(this.#slotKey(key), member)).catch(() => {})
+  }
+
+  consumeMessage (key: string, limits: RateLimits): boolean {
+    let rate = this.#rates.get(key)
+    if (rate === undefined) {
+      rate = new SharedRate()
+      this.#rates.set(key, rate)
+      this.#startSweeping()
+    }
+    const now = Date.now()
+    const age = now - rate.syncedAt
+    const remoteSecond = age <= SECOND_MS ? rate.remoteSecond : 0
+    const remoteMinute = age <= MINUTE_MS ? rate.remoteMinute : 0
+    if (!rate.local.tryConsume(now, limits, remoteSecond, remoteMinute)) return false
+    const tick = Math.floor(now / RATE_BUCKET_MS)
+    rate.pending.set(tick, (rate.pending.get(tick) ?? 0) + 1)
+    rate.pendingCount++
+    this.#dirty.add(key)
+    this.#startSyncing()
+    return true
+  }
+
+  async broadcast (event: BroadcastEvent): Promise<void> {
+    if (!this.#available) throw new StoreUnavailableError('redis is unreachable')
+    try {
+      await this.#timed(this.#client.publish(this.#channel, JSON.stringify({ origin: this.#instanceId, event })))
+    } catch (err) {
+      throw new StoreUnavailableError((err as Error).message)
+    }
+  }
+
+  stats (): StoreStats {
+    const slots: Record<string, number> = {}
+    for (const [key, held] of this.#held) slots[key] = held.size
+    return { slots, rateCounters: this.#rates.size }
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#stopRenewing()
+    clearInterval(this.#syncTimer)
+    clearInterval(this.#sweepTimer)
+    this.#syncTimer = undefined
+    this.#sweepTimer = undefined
+    if (this.#available && this.#held.size > 0) {
+      const pipeline = this.#client.pipeline()
+      for (const [key, members] of this.#held) pipeline.zrem(this.#slotKey(key), ...members)
+      await this.#timed(pipeline.exec()).catch(() => {})
+    }
+    this.#held.clear()
+    this.#rates.clear()
+    this.#dirty.clear()
+    this.#client.off('ready', this.#onReady)
+    this.#client.off('error', this.#onDown)
+    this.#client.off('close', this.#onDown)
+    this.#subscriber.disconnect()
+    if (this.#ownsClient) this.#client.disconnect()
+  }
+
+  #slotKey (key: string): string {
+    return `${this.#prefix}slots:${key}`
+  }
+
+  #hold (key: string, member: string): void {
+    let held = this.#held.get(key)
+    if (held === undefined) {
+      held = new Set()
+      this.#held.set(key, held)
+    }
+    held.add(member)
+    if (this.#renewTimer === undefined) {
+      this.#renewTimer = setInterval(() => { this.#renew() }, Math.max(1, Math.floor(this.#leaseMs / 3)))
+      this.#renewTimer.unref()
+    }
+  }
+
+  #stopRenewing (): void {
+    clearInterval(this.#renewTimer)
+    this.#renewTimer = undefined
+  }
+
+  /** True when Redis answers; before the first connection, waits up to the command timeout. */
+  async #usable (): Promise<boolean> {
+    if (this.#available) return true
+    if (this.#everReady || this.#closed) return false
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#client.off('ready', done)
+        resolve()
+      }
+      const timer = setTimeout(done, this.#commandTimeoutMs)
+      this.#client.once('ready', done)
+    })
+    return this.#available
+  }
+
+  #timed<T> (promise: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`redis did not answer within ${this.#commandTimeoutMs} ms`)), this.#commandTimeoutMs)
+    })
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+  }
+
+  readonly #onReady = (): void => {
+    if (this.#available) return
+    this.#available = true
+    if (this.#everReady && this.#outageLogged) this.#log.info('fastify-secure-ws: redis store reachable again')
+    this.#everReady = true
+    this.#outageLogged = false
+    // Leases may have run out during the outage; put back what this instance still holds.
+    this.#renew()
+  }
+
+  readonly #onDown = (err?: unknown): void => {
+    this.#available = false
+    if (this.#outageLogged || this.#closed) return
+    this.#outageLogged = true
+    const message = err instanceof Error ? err.message : 'connection closed'
+    this.#log.warn({ reason: message }, 'fastify-secure-ws: redis store unreachable; refusing new connections until it returns')
+  }
+
+  readonly #onEvent = (channel: string, raw: string): void => {
+    if (channel !== this.#channel || this.#deliver === undefined) return
+    let message: { origin?: unknown, event?: BroadcastEvent }
+    try {
+      message = secureJson.parse(raw, null, { protoAction: 'remove', constructorAction: 'remove' })
+    } catch {
+      return
+    }
+    // This instance already delivered its own events locally.
+    if (message.origin === this.#instanceId || typeof message.event !== 'object' || message.event === null) return
+    this.#deliver(message.event)
+  }
+
+  #renew (): void {
+    if (!this.#available || this.#held.size === 0) return
+    let keys: string[] = []
+    let members: string[] = []
+    const flush = (): void => {
+      this.#timed(this.#client.secureWsRenew(keys.length, ...keys, this.#leaseMs, ...members)).catch(() => {})
+      keys = []
+      members = []
+    }
+    for (const [key, held] of this.#held) {
+      for (const member of held) {
+        keys.push(this.#slotKey(key))
+        members.push(member)
+        if (keys.length === RENEW_BATCH) flush()
+      }
+    }
+    if (keys.length > 0) flush()
+  }
+
+  #startSyncing (): void {
+    if (this.#syncTimer !== undefined || this.#closed) return
+    this.#syncTimer = setInterval(() => { this.#sync() }, this.#syncIntervalMs)
+    this.#syncTimer.unref()
+  }
+
+  #startSweeping (): void {
+    if (this.#sweepTimer !== undefined || this.#closed) return
+    this.#sweepTimer = setInterval(() => {
+      const now = Date.now()
+      for (const [key, rate] of this.#rates) {
+        if (rate.local.isIdle(now) && rate.pendingCount === 0) this.#rates.delete(key)
+      }
+      if (this.#rates.size === 0) {
+        clearInterval(this.#sweepTimer)
+        clearInterval(this.#syncTimer)
+        this.#sweepTimer = undefined
+        this.#syncTimer = undefined
+      }
+    }, RATE_SWEEP_MS)
+    this.#sweepTimer.unref()
+  }
+
+  /** Sends the counts taken since the last sync and learns what the other instances counted. */
+  #sync (): void {
+    if (this.#syncing) return
+    const now = Date.now()
+    // Once a second, also refresh users active here this minute whose counts are stale, so
+    // bursts on other instances are seen before this one accepts more.
+    if (now - this.#lastStaleScan >= SECOND_MS) {
+      this.#lastStaleScan = now
+      for (const [key, rate] of this.#rates) {
+        if (now - rate.syncedAt >= SECOND_MS && !rate.local.isIdle(now)) this.#dirty.add(key)
+      }
+    }
+    if (this.#dirty.size === 0) return
+    if (!this.#available) {
+      // During an outage every instance counts alone; counts taken meanwhile are not replayed.
+      for (const key of this.#dirty) {
+        const rate = this.#rates.get(key)
+        if (rate !== undefined) { rate.pending.clear(); rate.pendingCount = 0 }
+      }
+      this.#dirty.clear()
+      return
+    }
+    const nowTick = Math.floor(now / RATE_BUCKET_MS)
+    const pipeline = this.#client.pipeline() as unknown as { secureWsRate: ScriptedRedis['secureWsRate'], exec: () => Promise<Array<[Error | null, unknown]> | null> }
+    const batch: SharedRate[] = []
+    for (const key of this.#dirty) {
+      const rate = this.#rates.get(key)
+      if (rate === undefined) continue
+      const deltas: number[] = []
+      for (const [tick, n] of rate.pending) deltas.push(tick, n)
+      rate.pending = new Map()
+      rate.pendingCount = 0
+      pipeline.secureWsRate(`${this.#prefix}rate:${key}`, nowTick, MINUTE_MS * 2, ...deltas)
+      batch.push(rate)
+    }
+    this.#dirty.clear()
+    if (batch.length === 0) return
+    this.#syncing = true
+    this.#timed(pipeline.exec()).then((results) => {
+      const at = Date.now()
+      results?.forEach(([err, value], i) => {
+        if (err !== null || !Array.isArray(value)) return
+        const rate = batch[i]!
+        const [second, minute] = value as [number, number]
+        // Redis totals include what this instance sent; what it counted since is still pending.
+        rate.remoteSecond = Math.max(0, second - (rate.local.second.count(at) - rate.pendingCount))
+        rate.remoteMinute = Math.max(0, minute - (rate.local.minute.count(at) - rate.pendingCount))
+        rate.syncedAt = at
+      })
+    }, () => {}).finally(() => { this.#syncing = false })
+  }
+}
+
+/** A store shared by every instance that uses the same Redis (and `prefix`). */
+export function redisStore (options: RedisStoreOptions): RedisStore {
+  return new RedisStore(options)
+}

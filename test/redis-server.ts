@@ -1,0 +1,82 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+
+/** A free TCP port on 127.0.0.1, found by letting the kernel pick one. */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/** True when this machine can start a private redis-server for the tests. */
+export function hasRedisServer (): boolean {
+  return spawnSync(process.env.REDIS_SERVER_BIN ?? 'redis-server', ['--version']).status === 0
+}
+
+/**
+ * Skips a Redis test file, loudly, when no redis-server is installed; under CI=true a
+ * missing Redis fails the run instead, so CI can never pass without running these tests.
+ */
+export function requireRedis (t: { fail: (message: string) => unknown, plan: (n: number, comment?: string) => unknown }): boolean {
+  if (hasRedisServer()) return true
+  const message = 'redis-server not found: Redis store tests NOT run (install Debian\'s redis-server to run them)'
+  if (process.env.CI === 'true') t.fail(message)
+  else {
+    process.stderr.write(`\n*** ${message} ***\n`)
+    t.plan(0, message)
+  }
+  return false
+}
+
+/** A private, memory-only redis-server on its own port, which tests may stop and restart. */
+export class RedisServer {
+  readonly port: number
+  readonly url: string
+  #process: ChildProcess | undefined
+
+  private constructor (port: number) {
+    this.port = port
+    this.url = `redis://127.0.0.1:${port}`
+  }
+
+  static async start (): Promise<RedisServer> {
+    const server = new RedisServer(await freePort())
+    await server.resume()
+    return server
+  }
+
+  /** Starts (again) on the same port and resolves once it accepts connections. */
+  async resume (): Promise<void> {
+    const child = spawn(process.env.REDIS_SERVER_BIN ?? 'redis-server', [
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'
+    ], { stdio: ['ignore', 'pipe', 'inherit'] })
+    this.#process = child
+    let output = ''
+    await new Promise<void>((resolve, reject) => {
+      const onData = (chunk: Buffer): void => {
+        output += chunk.toString()
+        if (output.includes('Ready to accept connections')) {
+          child.stdout!.off('data', onData)
+          child.stdout!.resume()
+          resolve()
+        }
+      }
+      child.stdout!.on('data', onData)
+      child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output}`)))
+    })
+  }
+
+  /** Kills the server outright, as a crash or network cut would. */
+  async stop (): Promise<void> {
+    const child = this.#process
+    if (child === undefined || child.exitCode !== null) return
+    this.#process = undefined
+    child.kill('SIGKILL')
+    await once(child, 'exit')
+  }
+}

@@ -1,0 +1,177 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { redisStore, type RedisStoreOptions } from '../lib/index.js'
+import { build, connect, eventually, sign, type Built, type Client } from './helpers.js'
+import { RedisServer, freePort, requireRedis } from './redis-server.js'
+
+let prefixes = 0
+
+/** Two or more Fastify instances sharing `redis` under one fresh key prefix. */
+async function instances (t: Test, redis: RedisServer, count: number, store: Partial<RedisStoreOptions> = {}, options: Record<string, unknown> = {}): Promise<Built[]> {
+  const prefix = `test${++prefixes}:`
+  const built: Built[] = []
+  for (let i = 0; i < count; i++) {
+    built.push(await build(t, { options: { store: redisStore({ url: redis.url, prefix, syncIntervalMs: 20, ...store }), ...options } }))
+  }
+  return built
+}
+
+/** Tries to connect every 100 ms until a connection stays open, for up to `ms`. */
+async function connectWhenPossible (url: string, options: Parameters<typeof connect>[1], ms: number): Promise<Client | undefined> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    const client = await connect(url, options)
+    if (client.ws.readyState === client.ws.OPEN) return client
+    await client.closed
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  return undefined
+}
+
+async function ping (client: Client): Promise<unknown> {
+  client.send({ type: 'ping' })
+  return client.next()
+}
+
+if (requireRedis(t)) {
+  t.test('Redis store', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+
+    t.test('one connection limit holds across instances', async (t) => {
+      const [a, b] = await instances(t, redis, 2)
+      const token = sign('alice')
+      const held: Client[] = []
+      for (const target of [a!, a!, a!, b!, b!]) {
+        const client = await connect(target.url('/ws/alice-1'), { token })
+        t.ok(await ping(client), 'connection is admitted')
+        held.push(client)
+      }
+      for (const target of [a!, b!]) {
+        const sixth = await connect(target.url('/ws/alice-1'), { token })
+        t.same(await sixth.closed, { code: 1008, reason: 'Too many connections' })
+      }
+      const bob = await connect(b!.url('/ws/bob-1'), { token: sign('bob') })
+      t.same(await ping(bob), { type: 'pong' }, 'another user is not affected')
+      await held[0]!.close()
+      const again = await connect(b!.url('/ws/alice-1'), { token })
+      t.same(await ping(again), { type: 'pong' }, 'a slot freed on one instance is usable on the other at once')
+      for (const client of [...held.slice(1), again, bob]) await client.close()
+    })
+
+    t.test('concurrent connects on two instances never exceed the limit', async (t) => {
+      const [a, b] = await instances(t, redis, 2)
+      const token = sign('alice')
+      const clients = await Promise.all(Array.from({ length: 20 }, (_, i) => connect((i % 2 === 0 ? a! : b!).url('/ws/alice-1'), { token })))
+      const open = clients.filter((c) => c.ws.readyState === c.ws.OPEN)
+      const refused = await Promise.all(clients.filter((c) => !open.includes(c)).map((c) => c.closed))
+      t.equal(open.length, 5, 'exactly five stay open')
+      t.ok(refused.every((r) => r.code === 1008 && r.reason === 'Too many connections'), 'the rest are refused as too many')
+      t.equal((a!.app.secureWs.stats().users.alice ?? 0) + (b!.app.secureWs.stats().users.alice ?? 0), 5)
+      await Promise.all(open.map((c) => c.close()))
+    })
+
+    t.test('message rate limits count across instances', async (t) => {
+      const [a, b] = await instances(t, redis, 2)
+      const token = sign('alice')
+      const onA = await connect(a!.url('/ws/alice-1'), { token })
+      const onB = await connect(b!.url('/ws/alice-1'), { token })
+      for (let i = 0; i < 6; i++) t.same(await ping(onA), { type: 'pong' })
+      // B learns A's count at its first sync after its own first message.
+      t.same(await ping(onB), { type: 'pong' })
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      const answers: unknown[] = []
+      for (let i = 0; i < 4; i++) {
+        onB.send({ type: 'ping' })
+        answers.push(await onB.next())
+      }
+      t.same(answers, [{ type: 'pong' }, { type: 'pong' }, { type: 'pong' }, { type: 'error', message: 'Rate limit exceeded. Connection closed.' }],
+        'the eleventh message within the second is refused, though only five reached this instance')
+      t.same(await onB.closed, { code: 1008, reason: 'Rate limit exceeded' })
+      await onA.close()
+    })
+
+    t.test('disconnectUser and publish reach every instance', async (t) => {
+      const [a, b] = await instances(t, redis, 2)
+      const aliceA = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+      const aliceB = await connect(b!.url('/ws/alice-1'), { token: sign('alice') })
+      const bobB = await connect(b!.url('/ws/bob-1'), { token: sign('bob') })
+      for (const client of [aliceA, aliceB]) {
+        client.send({ type: 'subscribe', payload: { topic: 'news' } })
+        t.same(await client.next(), { type: 'pong' })
+      }
+      t.equal(await a!.app.secureWs.publish('news', 'news', { text: 'hello', secret: 'never sent' }), 1, 'one local subscriber')
+      t.same(await aliceA.next(), { type: 'news', text: 'hello' })
+      t.same(await aliceB.next(), { type: 'news', text: 'hello' }, 'the subscriber on the other instance gets it, undeclared fields dropped')
+
+      t.equal(await a!.app.secureWs.disconnectUser('alice'), 1)
+      t.same(await aliceA.closed, { code: 4403, reason: 'Disconnected by the server' })
+      t.same(await aliceB.closed, { code: 4403, reason: 'Disconnected by the server' }, 'closed on the other instance too')
+      t.same(await ping(bobB), { type: 'pong' }, 'other users stay connected')
+      await bobB.close()
+      t.ok(await eventually(() => b!.app.secureWs.stats().users.alice === undefined), 'slots released')
+    })
+  })
+
+  t.test('Redis outage: refuse new connections, keep existing ones, recover', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const [a] = await instances(t, redis, 1, { commandTimeoutMs: 300 })
+    const existing = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    t.same(await ping(existing), { type: 'pong' })
+
+    await redis.stop()
+    t.same(await ping(existing), { type: 'pong' }, 'an existing connection keeps working')
+    for (let i = 0; i < 3; i++) {
+      const refused = await connect(a!.url('/ws/bob-1'), { token: sign('bob') })
+      t.same(await refused.closed, { code: 1013, reason: 'Try again later' }, 'new connections are refused while Redis is away')
+    }
+    t.equal(a!.logs.filter((line) => line.includes('redis store unreachable')).length, 1, 'one log line for the outage')
+    t.equal(a!.logs.filter((line) => line.includes('"refusal":"storeUnavailable"')).length, 3, 'one refusal line per refused connection')
+
+    await redis.resume()
+    const client = await connectWhenPossible(a!.url('/ws/bob-1'), { token: sign('bob') }, 5000)
+    t.ok(client, 'connections are accepted again once Redis is back, without a restart')
+    if (client !== undefined) t.same(await ping(client), { type: 'pong' })
+    t.equal(a!.logs.filter((line) => line.includes('redis store reachable again')).length, 1)
+    await client?.close()
+    await existing.close()
+  })
+
+  t.test('slots of an instance killed with SIGKILL free themselves within the lease', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const port = await freePort()
+    const secret = 'lease-test-secret-0123456789abcdef'
+    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'examples', 'server.ts')], {
+      env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', WS_JWT_SECRET: secret, WS_REDIS_URL: redis.url, WS_REDIS_LEASE_MS: '2000' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+    let stdout = ''
+    await new Promise<void>((resolve) => {
+      child.stdout!.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString()
+        if (stdout.includes(`http://127.0.0.1:${port}`)) resolve()
+      })
+    })
+    const { createSigner } = await import('fast-jwt')
+    const token = createSigner({ key: secret, algorithm: 'HS256', expiresIn: 60_000 })({ sub: 'alice' })
+    const origin = `http://127.0.0.1:${port}`
+    for (let i = 0; i < 5; i++) {
+      const client = await connect(`ws://127.0.0.1:${port}/ws/sessions/alice-1`, { token, origin })
+      t.equal(client.ws.readyState, client.ws.OPEN, 'the doomed instance admits five')
+    }
+    child.kill('SIGKILL')
+    await once(child, 'exit')
+
+    const survivor = await build(t, { options: { store: redisStore({ url: redis.url, syncIntervalMs: 20 }), jwt: { key: secret, algorithms: ['HS256'] }, origins: [origin] }, route: { url: '/ws/sessions/:sessionId' } })
+    const early = await connect(survivor.url('/ws/sessions/alice-1'), { token, origin })
+    t.same(await early.closed, { code: 1008, reason: 'Too many connections' }, 'the dead instance still holds its leases at first')
+    const client = await connectWhenPossible(survivor.url('/ws/sessions/alice-1'), { token, origin }, 6000)
+    t.ok(client, 'the slots are free again once the lease has run out')
+    await client?.close()
+  })
+}

@@ -77,7 +77,15 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   })
 
   if (!fastify.hasDecorator('websocketServer')) {
-    await fastify.register(websocket, { options: { maxPayload: largestPayload } })
+    await fastify.register(websocket, {
+      options: { maxPayload: largestPayload },
+      // ws reports protocol errors (a frame over maxPayload, bad UTF-8) after it has sent its
+      // own close; one warn line with the error code is enough, and the socket is done.
+      errorHandler (error, socket, request) {
+        request.log.warn({ code: (error as NodeJS.ErrnoException).code, reason: error.message }, 'websocket protocol error; connection closed')
+        socket.terminate()
+      }
+    })
   } else if ((fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD) > largestPayload) {
     fastify.log.warn({ maxPayload: fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD }, 'fastify-secure-ws: @fastify/websocket buffers frames larger than limits.maxPayloadBytes before they are refused; lower its maxPayload')
   }

@@ -39,7 +39,7 @@ export interface RouteContext {
 // Limits that, once a route changes them, make it count slots and messages on its own.
 const SHARED_LIMITS = ['connectionsPerUser', 'messagesPerSecond', 'messagesPerMinute'] as const
 
-function compileRoute (def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, fullUrl: string, options: ResolvedOptions): CompiledRoute {
+export function compileRoute (def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, fullUrl: string, options: ResolvedOptions): CompiledRoute {
   if (typeof def !== 'object' || def === null) throw new InvalidRouteError('route options must be an object')
   if (typeof def.url !== 'string' || def.url === '') throw new InvalidRouteError('url must be a non-empty string')
   if (typeof def.resolveSession !== 'function') throw new InvalidRouteError(`${def.url}: resolveSession is required: every connection must be bound to a session its user owns`)
@@ -97,6 +97,10 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       return
     } else {
       // Ties the slot to the TCP socket, so a handshake that never completes frees it too.
+      // 'finish' comes when the server has ended its side after the close handshake, before
+      // the client can see its own 'close' event; a client that reconnects at once finds
+      // the slot free.
+      request.raw.socket?.once('finish', admission.release)
       request.raw.socket?.once('close', admission.release)
     }
     admissions.set(request, admission)

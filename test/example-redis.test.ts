@@ -1,0 +1,115 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { join } from 'node:path'
+import t from 'tap'
+import { createSigner } from 'fast-jwt'
+import { connect, type Client } from './helpers.js'
+import { RedisServer, freePort, requireRedis } from './redis-server.js'
+
+// The example's contract lines for WS_REDIS_URL, tried from outside with two example processes.
+
+const SECRET = 'example-redis-test-secret-0123456789'
+const signer = createSigner({ key: SECRET, algorithm: 'HS256', expiresIn: 120_000 })
+
+interface Example {
+  port: number
+  child: ChildProcess
+  output: () => string
+  url: (path: string) => string
+  origin: string
+}
+
+async function startExample (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string>): Promise<Example> {
+  const port = await freePort()
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'examples', 'server.ts')], {
+    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', WS_JWT_SECRET: SECRET, ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  let output = ''
+  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes(`http://127.0.0.1:${port}`)) resolve()
+    })
+    child.once('exit', (code) => reject(new Error(`example exited with ${code}: ${output}`)))
+  })
+  return { port, child, output: () => output, url: (path) => `ws://127.0.0.1:${port}${path}`, origin: `http://127.0.0.1:${port}` }
+}
+
+function open (example: Example, user: string, scope?: string): Promise<Client> {
+  const token = signer({ sub: user, ...(scope === undefined ? {} : { scope }) })
+  return connect(example.url(`/ws/sessions/${user}-1`), { token, origin: example.origin })
+}
+
+async function connectWhenPossible (example: Example, user: string, ms: number): Promise<Client | undefined> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    const client = await open(example, user)
+    if (client.ws.readyState === client.ws.OPEN) return client
+    await client.closed
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+  return undefined
+}
+
+if (requireRedis(t)) {
+  t.test('two example processes sharing one Redis', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const a = await startExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
+    const b = await startExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
+
+    t.test('enforce one connection limit together', async (t) => {
+      const held = [await open(a, 'alice'), await open(a, 'alice'), await open(b, 'alice'), await open(b, 'alice')]
+      t.ok(held.every((c) => c.ws.readyState === c.ws.OPEN), 'four connections over two processes')
+      for (const example of [a, b]) {
+        const extra = await open(example, 'alice')
+        t.same(await extra.closed, { code: 1008, reason: 'Too many connections' })
+      }
+      await held[0]!.close()
+      const again = await open(b, 'alice')
+      t.equal(again.ws.readyState, again.ws.OPEN, 'a slot freed on one process is free on the other at once')
+      for (const c of [...held.slice(1), again]) await c.close()
+    })
+
+    t.test('status pushes reach a subscriber on the other process', async (t) => {
+      const watcher = await open(a, 'alice')
+      watcher.send({ type: 'subscribe', payload: { channel: 'status' } })
+      t.same(await watcher.next(), { type: 'subscribed', channel: 'status' })
+      const trader = await open(b, 'alice', 'trade')
+      trader.send({ type: 'stop' })
+      t.same(await trader.next(), { type: 'status', data: { id: 'alice-1', owner: 'alice', state: 'stopped' } })
+      t.same(await watcher.next(), { type: 'status', data: { id: 'alice-1', owner: 'alice', state: 'stopped' } }, 'pushed across processes')
+      await watcher.close()
+      await trader.close()
+    })
+
+    t.test('Redis unreachable: 1013, process keeps running, recovers without restart', async (t) => {
+      await redis.stop()
+      const refused = await open(a, 'bob')
+      t.same(await refused.closed, { code: 1013, reason: 'Try again later' })
+      t.equal(a.child.exitCode, null, 'the process keeps running')
+      await redis.resume()
+      const client = await connectWhenPossible(a, 'bob', 8000)
+      t.ok(client, 'accepted again once Redis is back')
+      await client?.close()
+    })
+  })
+
+  t.test('slots of a SIGKILLed example process are free again within 30 s (default lease)', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const doomed = await startExample(t, { WS_REDIS_URL: redis.url })
+    const survivor = await startExample(t, { WS_REDIS_URL: redis.url })
+    for (let i = 0; i < 5; i++) t.equal((await open(doomed, 'alice')).ws.readyState, 1, 'held by the doomed process')
+    doomed.child.kill('SIGKILL')
+    await once(doomed.child, 'exit')
+    const early = await open(survivor, 'alice')
+    t.same(await early.closed, { code: 1008, reason: 'Too many connections' }, 'still held right after the kill')
+    const client = await connectWhenPossible(survivor, 'alice', 31_000)
+    t.ok(client, 'free again within 30 s, with no manual clean-up')
+    await client?.close()
+  })
+}

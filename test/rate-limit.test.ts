@@ -1,0 +1,212 @@
+import t from 'tap'
+import { RateCounter, SlidingWindowCounter, MINUTE_MS, SECOND_MS } from '../lib/rate-window.js'
+import { build, connect, sign, type BuildOptions, type Client } from './helpers.js'
+
+const RATE_ERROR = { type: 'error', message: 'Rate limit exceeded. Connection closed.' }
+const RATE_CLOSE = { code: 1008, reason: 'Rate limit exceeded' }
+const PONG = { type: 'pong' }
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function open (t: tap.Test, url: (path: string) => string, user = 'alice'): Promise<Client> {
+  const c = await connect(url(`/ws/${user}-1`), { token: sign(user) })
+  t.teardown(() => c.close())
+  t.equal(await c.opened, true, `${user} connected`)
+  return c
+}
+
+async function server (t: tap.Test, options: BuildOptions['options'] = {}): Promise<(path: string) => string> {
+  return (await build(t, { options })).url
+}
+
+/** Sends `n` pings at once and expects `n` pongs. */
+async function pings (t: tap.Test, c: Client, n: number, what: string): Promise<void> {
+  for (let i = 0; i < n; i++) c.send({ type: 'ping' })
+  for (let i = 0; i < n; i++) t.strictSame(await c.next(), PONG, `${what}: ping ${i + 1} answered`)
+}
+
+/** The next frame is the rate-limit error, then the connection closes with 1008. */
+async function rateLimited (t: tap.Test, c: Client): Promise<void> {
+  t.strictSame(await c.next(), RATE_ERROR, 'the rate-limit error frame')
+  t.strictSame(await c.closed, RATE_CLOSE, 'closed with 1008 "Rate limit exceeded"')
+}
+
+t.test('over a real connection', async (t) => {
+  t.test('10 pings in a burst are answered; the 11th closes the connection', async (t) => {
+    const c = await open(t, await server(t))
+    for (let i = 0; i < 11; i++) c.send({ type: 'ping' })
+    for (let i = 0; i < 10; i++) t.strictSame(await c.next(), PONG, `ping ${i + 1} answered`)
+    await rateLimited(t, c)
+    t.strictSame(c.pending, [], 'nothing after the error frame')
+  })
+
+  t.test('invalid frames count against the limit too', async (t) => {
+    const c = await open(t, await server(t))
+    for (let i = 0; i < 11; i++) c.send('{not json')
+    for (let i = 0; i < 10; i++) t.strictSame(await c.next(), { type: 'error', message: 'Invalid JSON' }, `frame ${i + 1} refused as Invalid JSON`)
+    await rateLimited(t, c)
+  })
+
+  t.test('the limit is per user, across connections, and other users are unaffected', async (t) => {
+    const url = await server(t)
+    const a1 = await open(t, url)
+    const a2 = await open(t, url)
+    const bob = await open(t, url, 'bob')
+    await pings(t, a1, 6, 'first alice connection')
+    for (let i = 0; i < 6; i++) a2.send({ type: 'ping' })
+    for (let i = 0; i < 4; i++) t.strictSame(await a2.next(), PONG, `second alice connection: ping ${i + 1} answered`)
+    await rateLimited(t, a2)
+    await pings(t, bob, 10, 'bob')
+    t.equal(bob.ws.readyState, bob.ws.OPEN, 'bob still connected')
+  })
+
+  t.test('the window slides: 6 + 6 within one second is too many even across a second boundary', async (t) => {
+    const c = await open(t, await server(t))
+    await pings(t, c, 6, 'first burst')
+    await sleep(600)
+    for (let i = 0; i < 6; i++) c.send({ type: 'ping' })
+    for (let i = 0; i < 4; i++) t.strictSame(await c.next(), PONG, `second burst: ping ${i + 1} answered`)
+    await rateLimited(t, c)
+  })
+
+  t.test('bursts of 10 more than a second apart are all answered', async (t) => {
+    const c = await open(t, await server(t))
+    await pings(t, c, 10, 'first burst')
+    await sleep(1150)
+    await pings(t, c, 10, 'second burst')
+    t.equal(c.ws.readyState, c.ws.OPEN, 'still connected')
+  })
+
+  t.test('the per-minute limit applies on its own', async (t) => {
+    const c = await open(t, await server(t, { limits: { messagesPerSecond: 100, messagesPerMinute: 15 } }))
+    for (let i = 0; i < 16; i++) c.send({ type: 'ping' })
+    for (let i = 0; i < 15; i++) t.strictSame(await c.next(), PONG, `ping ${i + 1} answered`)
+    await rateLimited(t, c)
+  })
+
+  t.end()
+})
+
+/** Deterministic pseudo-random numbers in [0, 1) (mulberry32). */
+function random (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let x = Math.imul(a ^ (a >>> 15), 1 | a)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** Most accepted events in any closed span [s, s + windowMs], by brute force. */
+function busiestSpan (accepted: number[], windowMs: number): number {
+  let most = 0
+  for (let i = 0; i < accepted.length; i++) {
+    let n = 0
+    for (let j = i; j < accepted.length && accepted[j]! <= accepted[i]! + windowMs; j++) n++
+    most = Math.max(most, n)
+  }
+  return most
+}
+
+/** Accepted events in (now - span, now]. */
+function recent (accepted: number[], now: number, span: number): number {
+  return accepted.filter((at) => at > now - span && at <= now).length
+}
+
+t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
+  t.test('never more than the limit within any one-second span (property, brute force)', async (t) => {
+    for (const seed of [1, 2, 3, 42, 2024]) {
+      const next = random(seed)
+      const limit = 1 + Math.floor(next() * 15)
+      const counter = new RateCounter()
+      const limits = { messagesPerSecond: limit, messagesPerMinute: 1_000_000 }
+      const accepted: number[] = []
+      let refusedWithRoom = 0
+      let now = 1_700_000_000_000 + Math.floor(next() * 1000)
+      for (let i = 0; i < 3000; i++) {
+        // Mostly bursts, sometimes pauses longer than the window.
+        const r = next()
+        now += r < 0.7 ? Math.floor(next() * 20) : r < 0.95 ? Math.floor(next() * 300) : 1000 + Math.floor(next() * 1500)
+        if (counter.tryConsume(now, limits)) accepted.push(now)
+        // One bucket (50 ms) of slack is the documented price of the buckets: a refusal is
+        // only allowed when the last 1050 ms already hold the limit.
+        else if (recent(accepted, now, SECOND_MS + SECOND_MS / 20) < limit) refusedWithRoom++
+      }
+      t.ok(busiestSpan(accepted, SECOND_MS) <= limit, `seed ${seed}: at most ${limit} in any span of 1000 ms (accepted ${accepted.length})`)
+      t.equal(refusedWithRoom, 0, `seed ${seed}: never refused while the window had room`)
+      t.ok(accepted.length > limit, `seed ${seed}: the sequence exercised more than one window`)
+    }
+  })
+
+  t.test('never more than the limit within any one-minute span (property, brute force)', async (t) => {
+    const next = random(7)
+    const counter = new RateCounter()
+    const limits = { messagesPerSecond: 1_000_000, messagesPerMinute: 40 }
+    const accepted: number[] = []
+    let refusedWithRoom = 0
+    let now = 0
+    for (let i = 0; i < 3000; i++) {
+      now += Math.floor(next() * 400)
+      if (counter.tryConsume(now, limits)) accepted.push(now)
+      else if (recent(accepted, now, MINUTE_MS + MINUTE_MS / 60) < limits.messagesPerMinute) refusedWithRoom++
+    }
+    t.ok(busiestSpan(accepted, MINUTE_MS) <= limits.messagesPerMinute, `at most 40 in any span of 60 s (accepted ${accepted.length})`)
+    t.equal(refusedWithRoom, 0, 'never refused while the window had room')
+    t.ok(accepted.length > 40, 'more than one window exercised')
+  })
+
+  t.test('accepts again once the window has passed', async (t) => {
+    const counter = new RateCounter()
+    const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
+    for (let i = 0; i < 10; i++) t.equal(counter.tryConsume(5000 + i, limits), true, `event ${i + 1} accepted`)
+    t.equal(counter.tryConsume(5010, limits), false, 'the 11th in the same second is refused')
+    t.equal(counter.tryConsume(5999, limits), false, 'still refused within the second')
+    t.equal(counter.tryConsume(6009, limits), false, 'still refused a full second after the first event, as the 10th is within it')
+    t.equal(counter.tryConsume(5000 + SECOND_MS + SECOND_MS / 20 + 9, limits), true, 'accepted once the window and one bucket have passed')
+  })
+
+  t.test('a refused event counts in neither window', async (t) => {
+    const counter = new RateCounter()
+    const limits = { messagesPerSecond: 2, messagesPerMinute: 5 }
+    t.equal(counter.tryConsume(0, limits), true)
+    t.equal(counter.tryConsume(1, limits), true)
+    for (let i = 0; i < 50; i++) t.equal(counter.tryConsume(2 + i, limits), false)
+    t.equal(counter.minute.count(100), 2, 'the minute window holds only the accepted events')
+    t.equal(counter.tryConsume(1100, limits), true, 'the next second accepts again')
+  })
+
+  t.test('the per-minute limit refuses even when the second has room', async (t) => {
+    const counter = new RateCounter()
+    const limits = { messagesPerSecond: 10, messagesPerMinute: 3 }
+    t.equal(counter.tryConsume(0, limits), true)
+    t.equal(counter.tryConsume(2000, limits), true)
+    t.equal(counter.tryConsume(4000, limits), true)
+    t.equal(counter.tryConsume(6000, limits), false)
+    t.equal(counter.tryConsume(59_000, limits), false, 'still refused within the minute')
+    t.equal(counter.tryConsume(MINUTE_MS + MINUTE_MS / 60, limits), true, 'accepted once the first event left the window')
+  })
+
+  t.test('SlidingWindowCounter counts what was added over the last window', async (t) => {
+    const w = new SlidingWindowCounter(1000, 10)
+    t.equal(w.count(0), 0)
+    w.add(3)
+    t.equal(w.count(450), 3)
+    w.add(2)
+    t.equal(w.count(1000), 5, 'both still counted at the edge of the window')
+    t.equal(w.count(1100), 2, 'the first bucket has left')
+    t.equal(w.count(1550), 0, 'both have left')
+    w.add(1)
+    t.equal(w.count(1000), 1, 'a clock that steps back keeps what it has instead of forgetting')
+    t.equal(w.count(50_000), 0, 'a long gap clears everything')
+  })
+
+  t.test('isIdle reports a counter that can no longer affect a check', async (t) => {
+    const counter = new RateCounter()
+    counter.tryConsume(1000, { messagesPerSecond: 10, messagesPerMinute: 100 })
+    t.equal(counter.isIdle(1000 + MINUTE_MS), false)
+    t.equal(counter.isIdle(1000 + MINUTE_MS + MINUTE_MS / 60 + 1), true)
+  })
+
+  t.end()
+})

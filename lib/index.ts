@@ -3,7 +3,6 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
-import FindMyWay from 'find-my-way'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
 import { InvalidOptionError } from './errors.js'
@@ -57,22 +56,18 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
       else registry.disconnectUser(event.userId, 'disconnected', event.code, event.reason)
     }
   })
-  const securedPaths = FindMyWay({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
   let largestPayload = options.limits.maxPayloadBytes
 
   // Fastify logs each request's URL before any hook runs, so `?token=` must be cut out
   // before the upgrade even reaches Fastify's router.
-  const scrubToken = (req: IncomingMessage): void => {
-    takeQueryToken(req, (path) => securedPaths.find('GET', path) !== null)
-  }
-  fastify.server.prependListener('upgrade', scrubToken)
+  fastify.server.prependListener('upgrade', takeQueryToken)
 
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than 1005.
   fastify.addHook('preClose', async () => {
     await registry.closeAll('shuttingDown', options.shutdownTimeoutMs)
   })
   fastify.addHook('onClose', async () => {
-    fastify.server.removeListener('upgrade', scrubToken)
+    fastify.server.removeListener('upgrade', takeQueryToken)
     await store.close()
   })
 
@@ -105,8 +100,7 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   const context = {
     options,
     registry,
-    onDeclared (fullUrl: string, limits: Readonly<Limits>) {
-      securedPaths.on('GET', fullUrl, () => {})
+    onDeclared (limits: Readonly<Limits>) {
       // ws holds one maxPayload for all routes; it must admit the largest route limit.
       if (limits.maxPayloadBytes > largestPayload) {
         largestPayload = limits.maxPayloadBytes

@@ -32,8 +32,8 @@ export interface CompiledRoute {
 export interface RouteContext {
   readonly options: ResolvedOptions
   readonly registry: Registry
-  /** Called with each declared route's full URL, for the query-token scrubber and payload limit. */
-  readonly onDeclared: (fullUrl: string, limits: Readonly<Limits>) => void
+  /** Called with each declared route's limits, so ws admits its largest frame. */
+  readonly onDeclared: (limits: Readonly<Limits>) => void
 }
 
 // Limits that, once a route changes them, make it count slots and messages on its own.
@@ -142,5 +142,5 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   }
 
   instance.route({ method: 'GET', url: def.url, websocket: true, onRequest: admitUpgrade, handler: onUpgraded })
-  context.onDeclared(route.url, route.limits)
+  context.onDeclared(route.limits)
 }

@@ -48,21 +48,20 @@ export interface JwtOptions {
 
 /**
  * Cuts `token` out of the query string of an upgrade request before Fastify logs the URL,
- * and keeps it on the raw request for admission. Only URLs `isSecuredPath` accepts are
- * touched, so other routes keep their query strings.
+ * and keeps it on the raw request for admission. Every upgrade is scrubbed, whatever its
+ * path: a token sent to a mistyped URL must not reach the logs either.
  */
-export function takeQueryToken (req: IncomingMessage, isSecuredPath: (path: string) => boolean): void {
+export function takeQueryToken (req: IncomingMessage): void {
   const url = req.url
   if (url === undefined) return
   const q = url.indexOf('?')
   if (q === -1 || !url.includes('token=', q)) return
-  const path = url.slice(0, q)
-  if (!isSecuredPath(path)) return
   const params = new URLSearchParams(url.slice(q + 1))
   const token = params.get('token')
   if (token === null) return
   params.delete('token')
   const rest = params.toString()
+  const path = url.slice(0, q)
   ;(req as RequestWithToken)[kQueryToken] = token
   req.url = rest === '' ? path : `${path}?${rest}`
 }

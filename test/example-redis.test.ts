@@ -47,7 +47,7 @@ async function connectWhenPossible (example: Example, user: string, ms: number):
   const end = Date.now() + ms
   while (Date.now() < end) {
     const client = await open(example, user)
-    if (client.ws.readyState === client.ws.OPEN) return client
+    if (await client.admitted()) return client
     await client.closed
     await new Promise((resolve) => setTimeout(resolve, 250))
   }
@@ -63,14 +63,14 @@ if (requireRedis(t)) {
 
     t.test('enforce one connection limit together', async (t) => {
       const held = [await open(a, 'alice'), await open(a, 'alice'), await open(b, 'alice'), await open(b, 'alice')]
-      t.ok(held.every((c) => c.ws.readyState === c.ws.OPEN), 'four connections over two processes')
+      t.same(await Promise.all(held.map((c) => c.admitted())), [true, true, true, true], 'four connections over two processes')
       for (const example of [a, b]) {
         const extra = await open(example, 'alice')
         t.same(await extra.closed, { code: 1008, reason: 'Too many connections' })
       }
       await held[0]!.close()
       const again = await open(b, 'alice')
-      t.equal(again.ws.readyState, again.ws.OPEN, 'a slot freed on one process is free on the other at once')
+      t.ok(await again.admitted(), 'a slot freed on one process is free on the other at once')
       for (const c of [...held.slice(1), again]) await c.close()
     })
 
@@ -103,7 +103,7 @@ if (requireRedis(t)) {
     t.teardown(() => redis.stop())
     const doomed = await startExample(t, { WS_REDIS_URL: redis.url })
     const survivor = await startExample(t, { WS_REDIS_URL: redis.url })
-    for (let i = 0; i < 5; i++) t.equal((await open(doomed, 'alice')).ws.readyState, 1, 'held by the doomed process')
+    for (let i = 0; i < 5; i++) t.ok(await (await open(doomed, 'alice')).admitted(), 'held by the doomed process')
     doomed.child.kill('SIGKILL')
     await once(doomed.child, 'exit')
     const early = await open(survivor, 'alice')

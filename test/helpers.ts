@@ -99,7 +99,7 @@ export class Client {
   /** HTTP status when the server refused the upgrade. */
   status: number | undefined
   readonly #frames: unknown[] = []
-  readonly #waiters: Array<(frame: unknown) => void> = []
+  readonly #waiters: Array<{ resolve: (frame: unknown) => void, reject: (err: Error) => void }> = []
 
   constructor (url: string, options: { origin?: string | null, token?: string, via?: 'query' | 'protocol', protocols?: string[] } = {}) {
     const origin = options.origin === undefined ? ORIGIN : options.origin
@@ -114,7 +114,7 @@ export class Client {
     this.ws.on('message', (data, isBinary) => {
       const frame = isBinary ? data : JSON.parse(data.toString())
       const waiter = this.#waiters.shift()
-      if (waiter !== undefined) waiter(frame)
+      if (waiter !== undefined) waiter.resolve(frame)
       else this.#frames.push(frame)
     })
     this.opened = new Promise((resolve) => {
@@ -129,23 +129,41 @@ export class Client {
     })
     this.ws.on('error', () => {})
     this.closed = new Promise((resolve) => {
-      this.ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }))
+      this.ws.once('close', (code, reason) => {
+        // Nothing more can arrive: fail pending waits now rather than at their timeout.
+        for (const waiter of this.#waiters.splice(0)) waiter.reject(new Error('closed before a frame arrived'))
+        resolve({ code, reason: reason.toString() })
+      })
     })
   }
 
-  /** The next frame, parsed; rejects after `ms` so a missing frame fails the test instead of hanging. */
+  /** The next frame, parsed; rejects after `ms`, or at close, so a missing frame fails the test instead of hanging. */
   next (ms = 2000): Promise<any> {
-    const frame = this.#frames.shift()
-    if (frame !== undefined) return Promise.resolve(frame)
+    if (this.#frames.length > 0) return Promise.resolve(this.#frames.shift())
+    if (this.ws.readyState === this.ws.CLOSED) return Promise.reject(new Error('closed before a frame arrived'))
     return new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: (frame: unknown): void => { clearTimeout(timer); resolve(frame) },
+        reject: (err: Error): void => { clearTimeout(timer); reject(err) }
+      }
       const timer = setTimeout(() => {
         const i = this.#waiters.indexOf(waiter)
         if (i !== -1) this.#waiters.splice(i, 1)
         reject(new Error(`no frame within ${ms} ms`))
       }, ms)
-      const waiter = (frame: unknown): void => { clearTimeout(timer); resolve(frame) }
       this.#waiters.push(waiter)
     })
+  }
+
+  /**
+   * Whether the server admitted this connection. A refused client also sees `open` (the
+   * close frame follows), so `readyState` right after `open` proves nothing; an admitted
+   * connection answers a ping (pong, or an error frame), a refused one only closes.
+   */
+  async admitted (): Promise<boolean> {
+    if (!(await this.opened)) return false
+    this.send({ type: 'ping' })
+    return this.next(3000).then(() => true, () => false)
   }
 
   /** Frames received and not yet taken. */

@@ -23,7 +23,7 @@ async function connectWhenPossible (url: string, options: Parameters<typeof conn
   const end = Date.now() + ms
   while (Date.now() < end) {
     const client = await connect(url, options)
-    if (client.ws.readyState === client.ws.OPEN) return client
+    if (await client.admitted()) return client
     await client.closed
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
@@ -66,7 +66,8 @@ if (requireRedis(t)) {
       const [a, b] = await instances(t, redis, 2)
       const token = sign('alice')
       const clients = await Promise.all(Array.from({ length: 20 }, (_, i) => connect((i % 2 === 0 ? a! : b!).url('/ws/alice-1'), { token })))
-      const open = clients.filter((c) => c.ws.readyState === c.ws.OPEN)
+      const outcomes = await Promise.all(clients.map((c) => c.admitted()))
+      const open = clients.filter((_c, i) => outcomes[i])
       const refused = await Promise.all(clients.filter((c) => !open.includes(c)).map((c) => c.closed))
       t.equal(open.length, 5, 'exactly five stay open')
       t.ok(refused.every((r) => r.code === 1008 && r.reason === 'Too many connections'), 'the rest are refused as too many')
@@ -163,7 +164,7 @@ if (requireRedis(t)) {
     const origin = `http://127.0.0.1:${port}`
     for (let i = 0; i < 5; i++) {
       const client = await connect(`ws://127.0.0.1:${port}/ws/sessions/alice-1`, { token, origin })
-      t.equal(client.ws.readyState, client.ws.OPEN, 'the doomed instance admits five')
+      t.ok(await client.admitted(), 'the doomed instance admits five')
     }
     child.kill('SIGKILL')
     await once(child, 'exit')

@@ -133,13 +133,35 @@ if (requireRedis(t)) {
     t.equal(a!.logs.filter((line) => line.includes('redis store unreachable')).length, 1, 'one log line for the outage')
     t.equal(a!.logs.filter((line) => line.includes('"refusal":"storeUnavailable"')).length, 3, 'one refusal line per refused connection')
 
+    // Local limits still apply during the outage: two pings so far, eight more pass, the eleventh closes.
+    const answers: unknown[] = []
+    for (let i = 0; i < 9; i++) answers.push(await ping(existing))
+    t.same(answers.slice(0, 8), Array(8).fill({ type: 'pong' }), 'existing connection served under local limits')
+    t.same(answers[8], { type: 'error', message: 'Rate limit exceeded. Connection closed.' }, 'the local per-second limit still holds')
+    t.same(await existing.closed, { code: 1008, reason: 'Rate limit exceeded' })
+
     await redis.resume()
     const client = await connectWhenPossible(a!.url('/ws/bob-1'), { token: sign('bob') }, 5000)
     t.ok(client, 'connections are accepted again once Redis is back, without a restart')
     if (client !== undefined) t.same(await ping(client), { type: 'pong' })
     t.equal(a!.logs.filter((line) => line.includes('redis store reachable again')).length, 1)
     await client?.close()
-    await existing.close()
+  })
+
+  t.test('failOpen: while Redis is away, admit under this instance\'s own limits', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const [a] = await instances(t, redis, 1, { commandTimeoutMs: 300, failOpen: true }, { limits: { connectionsPerUser: 2 } })
+    await redis.stop()
+    const first = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    const second = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    t.ok(await first.admitted(), 'admitted although Redis is unreachable')
+    t.ok(await second.admitted(), 'up to the limit')
+    const third = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    t.same(await third.closed, { code: 1008, reason: 'Too many connections' }, 'the local connection limit still holds')
+    await first.close()
+    await second.close()
+    t.ok(await eventually(() => Object.keys(a!.app.secureWs.stats().store.slots).length === 0), 'local slots released')
   })
 
   t.test('slots of an instance killed with SIGKILL free themselves within the lease', async (t) => {

@@ -6,6 +6,11 @@ import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
 import type { Registry } from './registry.js'
 
+// Handlers may return any promise-like, not only native promises.
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null)?.then === 'function'
+}
+
 // setTimeout fires at once for delays above 2^31-1 ms; longer expiries re-arm in steps.
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -187,7 +192,7 @@ export class Connection implements SecureWsConnection {
     }
     if (allowed === true) {
       this.#run(message, payload)
-    } else if (allowed instanceof Promise) {
+    } else if (isThenable(allowed)) {
       allowed.then(
         (ok) => ok === true ? this.#run(message, payload) : this.sendError(ERROR_MESSAGES.forbidden),
         (err) => this.#failed(err)
@@ -200,7 +205,7 @@ export class Connection implements SecureWsConnection {
   #run (message: CompiledMessage, payload: unknown): void {
     try {
       const result = message.handler(this, payload)
-      if (result instanceof Promise) result.then(undefined, (err) => this.#failed(err))
+      if (isThenable(result)) result.then(undefined, (err: unknown) => this.#failed(err))
     } catch (err) {
       this.#failed(err)
     }

@@ -149,7 +149,7 @@ function validateCloseReasons (value: unknown): CloseReasons {
 
 function validateStore (value: unknown): SecureWsStore {
   if (value === undefined) return memoryStore()
-  if (!isPlainObject(value) && typeof value !== 'object') fail('store must be a store object')
+  if (typeof value !== 'object' || value === null) fail('store must be a store object such as memoryStore() or redisStore(...)')
   for (const method of STORE_METHODS) {
     if (typeof (value as Record<string, unknown>)[method] !== 'function') fail(`store.${method} must be a function (see the SecureWsStore interface)`)
   }

@@ -79,6 +79,8 @@ const BAD: BadCase[] = [
   { name: 'rejectWith "x"', options: { ...VALID, rejectWith: 'x' }, message: 'rejectWith must be "close" or "http"' },
   { name: 'allowMissingOrigin not a boolean', options: { ...VALID, allowMissingOrigin: 'yes' }, message: 'allowMissingOrigin must be a boolean' },
   { name: 'shutdownTimeoutMs zero', options: { ...VALID, shutdownTimeoutMs: 0 }, message: 'shutdownTimeoutMs must be a positive integer' },
+  { name: 'a store that is null', options: { ...VALID, store: null }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
+  { name: 'a store that is a string', options: { ...VALID, store: 'redis' }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
   ...['acquireSlot', 'releaseSlot', 'consumeMessage', 'stats', 'close'].map((method) => ({
     name: `a store missing ${method}`,
     options: { ...VALID, store: storeWithout(method) },

@@ -1,0 +1,481 @@
+/**
+ * The load generator: its own process, pinned by the orchestrator to the other core.
+ *
+ *   node --import tsx bench/load.ts --mode throughput|handshake|memory --client ws|socketio \
+ *     --port 20001 [--local 127.0.0.2] [options]      (JWT_SECRET in the environment)
+ *
+ * (`npm run bench` runs the tsc-compiled copy, bench/.runs/build/bench/load.js.)
+ *
+ * Prints JSON lines on stdout: `{"mark":"start"}` and `{"mark":"stop"}` around each measured
+ * window (and `rate-start` / `rate-stop` around the fixed-rate one; the orchestrator reads the
+ * server's CPU time at each), `{"mark":"warm"}` and
+ * `{"mark":"holding",...}` in memory mode (it then waits for `go` / `release` on stdin), and
+ * last one `{"result":{...}}`. Every phase is bounded in time.
+ */
+import { createInterface } from 'node:readline'
+import { performance } from 'node:perf_hooks'
+import { parseArgs } from 'node:util'
+import WebSocket, { type RawData } from 'ws'
+import { io, type ManagerOptions, type SocketOptions } from 'socket.io-client'
+import { createSigner } from 'fast-jwt'
+import { BENCH_ORIGIN, PING_FRAME, PONG_FRAME } from './common.js'
+
+const { values: args } = parseArgs({
+  options: {
+    mode: { type: 'string' },
+    client: { type: 'string', default: 'ws' },
+    port: { type: 'string' },
+    local: { type: 'string', default: '127.0.0.1' },
+    connections: { type: 'string' },
+    users: { type: 'string' },
+    depth: { type: 'string', default: '16' },
+    concurrency: { type: 'string' },
+    'warmup-ms': { type: 'string' },
+    'duration-ms': { type: 'string' },
+    rate: { type: 'string' },
+    'rate-warmup-ms': { type: 'string' },
+    'rate-duration-ms': { type: 'string' }
+  }
+})
+
+function int (name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got "${value}"`)
+  return n
+}
+
+const mode = args.mode
+const clientKind = args.client
+if (mode !== 'throughput' && mode !== 'handshake' && mode !== 'memory') throw new Error('--mode must be throughput, handshake or memory')
+if (clientKind !== 'ws' && clientKind !== 'socketio') throw new Error('--client must be ws or socketio')
+const port = int('port', args.port, 0)
+if (port >= 32768) throw new Error('--port must be below 32768')
+const localAddress = args.local
+if (!/^127\.\d+\.\d+\.\d+$/.test(localAddress)) throw new Error('--local must be a loopback address')
+const secret = process.env.JWT_SECRET
+if (secret === undefined || secret === '') throw new Error('JWT_SECRET is required')
+
+// Tokens are signed before anything is measured; one per user, valid for an hour.
+const signer = createSigner({ key: secret, algorithm: 'HS256', expiresIn: 3600_000 })
+const tokens: string[] = []
+function tokenFor (user: number): string {
+  let token = tokens[user]
+  if (token === undefined) {
+    token = signer({ sub: `u${user}`, scope: 'bench' })
+    tokens[user] = token
+  }
+  return token
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients: the same four events whatever the target speaks.
+
+interface Handlers {
+  /** The server admitted the connection (ws: upgrade done; socket.io: `connect` after the middleware). */
+  onOpen (): void
+  /** A reply arrived; `ok` when it is exactly the pong. */
+  onReply (ok: boolean): void
+  /** The connection is gone; `clean` when it ended by a normal close this side asked for. */
+  onClose (clean: boolean): void
+}
+
+interface BenchClient {
+  ping (): void
+  /** Closes with a close handshake; onClose follows once the socket is closed. */
+  close (): void
+}
+
+function connectWs (user: number, h: Handlers): BenchClient {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/u${user}`, ['bearer', tokenFor(user)], {
+    origin: BENCH_ORIGIN,
+    localAddress,
+    perMessageDeflate: false
+  })
+  ws.on('open', h.onOpen)
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    h.onReply(!isBinary && (data as Buffer).length === PONG_FRAME.length)
+  })
+  // A refusal after the upgrade arrives as the server's own close code (4401, 1008...).
+  ws.on('close', (code: number) => h.onClose(code === 1000 || code === 1005))
+  ws.on('error', () => { errors++ })
+  return { ping: () => ws.send(PING_FRAME), close: () => ws.close(1000) }
+}
+
+interface RawSocketHolder {
+  transport?: { ws?: WebSocket | null }
+}
+
+function connectSocketIo (user: number, h: Handlers): BenchClient {
+  const options: Partial<ManagerOptions & SocketOptions> & { localAddress: string } = {
+    transports: ['websocket'],
+    auth: { token: tokenFor(user) },
+    forceNew: true,
+    reconnection: false,
+    extraHeaders: { origin: BENCH_ORIGIN },
+    localAddress
+  }
+  const socket = io(`http://127.0.0.1:${port}`, options)
+  let raw: WebSocket | null | undefined
+  let closing = false
+  let closed = false
+  const done = (clean: boolean): void => {
+    if (closed) return
+    closed = true
+    h.onClose(clean)
+  }
+  socket.on('connect', () => {
+    raw = (socket.io.engine as unknown as RawSocketHolder).transport?.ws
+    h.onOpen()
+  })
+  socket.on('message', (message: { type?: unknown } | null) => h.onReply(message?.type === 'pong'))
+  socket.on('connect_error', () => { errors++; done(false) })
+  socket.on('disconnect', () => { if (!closing) done(false) })
+  return {
+    ping: () => socket.emit('message', { type: 'ping' }),
+    close: () => {
+      closing = true
+      const rawSocket = raw
+      socket.disconnect()
+      // socket.io reports the disconnect at once; wait for the TCP close like the ws client does.
+      if (rawSocket !== null && rawSocket !== undefined && rawSocket.readyState !== WebSocket.CLOSED) {
+        rawSocket.once('close', () => done(true))
+      } else {
+        done(true)
+      }
+    }
+  }
+}
+
+const connect = clientKind === 'ws' ? connectWs : connectSocketIo
+
+// ---------------------------------------------------------------------------------------
+// Measurement helpers.
+
+let errors = 0
+
+/** Latency samples in ms, bounded; percentiles by sorting once at the end. */
+class Samples {
+  readonly #values: Float64Array
+  #length = 0
+  constructor (capacity: number) {
+    this.#values = new Float64Array(capacity)
+  }
+
+  push (value: number): void {
+    if (this.#length < this.#values.length) this.#values[this.#length++] = value
+  }
+
+  percentile (p: number): number | null {
+    if (this.#length === 0) return null
+    const sorted = this.#values.subarray(0, this.#length).sort()
+    return sorted[Math.min(this.#length - 1, Math.floor(p * this.#length))]!
+  }
+}
+
+function emit (line: object): void {
+  process.stdout.write(`${JSON.stringify(line)}\n`)
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Resolves once `done()` is true, or false after `timeoutMs`. */
+async function until (done: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs
+  while (!done()) {
+    if (performance.now() > deadline) return false
+    await sleep(5)
+  }
+  return true
+}
+
+const stdinLines = createInterface({ input: process.stdin })
+const received: string[] = []
+stdinLines.on('line', (line) => received.push(line.trim()))
+
+/** Waits for the orchestrator's `word` on stdin, at most `timeoutMs`. */
+async function waitForCommand (word: string, timeoutMs: number): Promise<boolean> {
+  return until(() => received.includes(word), timeoutMs)
+}
+
+const round3 = (n: number | null): number | null => n === null ? null : Math.round(n * 1000) / 1000
+
+// ---------------------------------------------------------------------------------------
+// Modes.
+
+interface PipelinedConnection {
+  client: BenchClient
+  sentAt: number[]
+  open: boolean
+}
+
+/**
+ * Two windows over the same connections. Pipelined: every connection keeps `depth` pings in
+ * flight, which saturates the load generator; gives the raw rate. Fixed rate: `rate` pings per
+ * second in total, sent round-robin on a 2 ms tick, well below any target's capacity, so every
+ * server sees the same arrivals and does the same reads and writes per message; gives the
+ * server CPU per message and latencies that are not queueing.
+ */
+async function throughput (): Promise<object> {
+  const connections = int('connections', args.connections, 50)
+  const users = int('users', args.users, connections)
+  const depth = int('depth', args.depth, 16)
+  const warmupMs = int('warmup-ms', args['warmup-ms'], 500)
+  const durationMs = int('duration-ms', args['duration-ms'], 2000)
+  const rate = int('rate', args.rate, 10_000)
+  const rateWarmupMs = int('rate-warmup-ms', args['rate-warmup-ms'], 300)
+  const rateDurationMs = int('rate-duration-ms', args['rate-duration-ms'], 2500)
+  for (let u = 0; u < users; u++) tokenFor(u)
+
+  let phase: 'connecting' | 'warmup' | 'measure' | 'drain' | 'fixed' = 'connecting'
+  let measuring = false
+  let replies = 0
+  let fixedReplies = 0
+  let badReplies = 0
+  let opened = 0
+  let closedEarly = 0
+  const latency = new Samples(4_000_000)
+  const fixedLatency = new Samples(1_000_000)
+  const conns: PipelinedConnection[] = []
+  for (let i = 0; i < connections; i++) {
+    const conn: PipelinedConnection = { client: undefined as unknown as BenchClient, sentAt: [], open: false }
+    conn.client = connect(i % users, {
+      onOpen: () => { conn.open = true; opened++ },
+      onReply: (ok) => {
+        const now = performance.now()
+        const sentAt = conn.sentAt.shift()
+        if (!ok) badReplies++
+        if (phase === 'fixed') {
+          if (measuring) {
+            fixedReplies++
+            if (sentAt !== undefined) fixedLatency.push(now - sentAt)
+          }
+          return
+        }
+        if (phase === 'measure') {
+          replies++
+          if (sentAt !== undefined) latency.push(now - sentAt)
+        }
+        if (phase !== 'drain') {
+          conn.sentAt.push(now)
+          conn.client.ping()
+        }
+      },
+      onClose: () => { if (conn.open && phase !== 'drain') closedEarly++; conn.open = false }
+    })
+    conns.push(conn)
+  }
+  if (!await until(() => opened === connections, 15_000)) throw new Error(`only ${opened} of ${connections} connections opened`)
+  const drained = (): Promise<boolean> => until(() => conns.every((c) => c.sentAt.length === 0 || !c.open), 5000)
+
+  // Pipelined window.
+  phase = 'warmup'
+  for (const conn of conns) {
+    for (let d = 0; d < depth; d++) {
+      conn.sentAt.push(performance.now())
+      conn.client.ping()
+    }
+  }
+  await sleep(warmupMs)
+  phase = 'measure'
+  emit({ mark: 'start' })
+  const started = performance.now()
+  await sleep(durationMs)
+  emit({ mark: 'stop' })
+  phase = 'drain'
+  const seconds = (performance.now() - started) / 1000
+  await drained()
+
+  // Fixed-rate window.
+  phase = 'fixed'
+  let credit = 0
+  let last = performance.now()
+  let next = 0
+  let skipped = 0
+  const sender = setInterval(() => {
+    const now = performance.now()
+    credit += ((now - last) * rate) / 1000
+    last = now
+    // Never burst more than 20 ms worth: a load generator that fell behind skips instead.
+    const cap = rate / 50
+    if (credit > cap) {
+      skipped += Math.floor(credit - cap)
+      credit = cap
+    }
+    for (; credit >= 1; credit--) {
+      const conn = conns[next++ % conns.length]!
+      conn.sentAt.push(now)
+      conn.client.ping()
+    }
+  }, 2)
+  await sleep(rateWarmupMs)
+  skipped = 0
+  measuring = true
+  emit({ mark: 'rate-start' })
+  const rateStarted = performance.now()
+  await sleep(rateDurationMs)
+  emit({ mark: 'rate-stop' })
+  measuring = false
+  const rateSeconds = (performance.now() - rateStarted) / 1000
+  const rateSkipped = skipped
+  clearInterval(sender)
+  phase = 'drain'
+  await drained()
+
+  for (const conn of conns) conn.client.close()
+  await until(() => conns.every((c) => !c.open), 5000)
+  return {
+    connections,
+    users,
+    depth,
+    seconds: round3(seconds),
+    messages: replies,
+    rate: Math.round(replies / seconds),
+    p50Ms: round3(latency.percentile(0.5)),
+    p99Ms: round3(latency.percentile(0.99)),
+    fixedRate: rate,
+    fixedSeconds: round3(rateSeconds),
+    fixedMessages: fixedReplies,
+    fixedAchievedRate: Math.round(fixedReplies / rateSeconds),
+    fixedSkipped: rateSkipped,
+    fixedP50Ms: round3(fixedLatency.percentile(0.5)),
+    fixedP99Ms: round3(fixedLatency.percentile(0.99)),
+    badReplies,
+    closedEarly,
+    errors
+  }
+}
+
+async function handshake (): Promise<object> {
+  const concurrency = int('concurrency', args.concurrency, 16)
+  const users = int('users', args.users, 2000)
+  const warmupMs = int('warmup-ms', args['warmup-ms'], 300)
+  const durationMs = int('duration-ms', args['duration-ms'], 2500)
+  for (let u = 0; u < users; u++) tokenFor(u)
+
+  let phase: 'warmup' | 'measure' | 'done' = 'warmup'
+  let next = 0
+  let upgrades = 0
+  let refused = 0
+  let running = 0
+  const connectTime = new Samples(1_000_000)
+
+  const cycle = (): void => {
+    if (phase === 'done') return
+    running++
+    const user = next++ % users
+    const t0 = performance.now()
+    let opened = false
+    const client = connect(user, {
+      onOpen: () => {
+        opened = true
+        if (phase === 'measure') {
+          upgrades++
+          connectTime.push(performance.now() - t0)
+        }
+        client.close()
+      },
+      onReply: () => {},
+      onClose: (clean) => {
+        if (!opened || !clean) refused++
+        running--
+        // Next connect on a fresh tick, so one worker never recurses.
+        setImmediate(cycle)
+      }
+    })
+  }
+  for (let w = 0; w < concurrency; w++) cycle()
+  await sleep(warmupMs)
+  phase = 'measure'
+  emit({ mark: 'start' })
+  const started = performance.now()
+  await sleep(durationMs)
+  emit({ mark: 'stop' })
+  const seconds = (performance.now() - started) / 1000
+  phase = 'done'
+  await until(() => running === 0, 5000)
+  return {
+    concurrency,
+    users,
+    seconds: round3(seconds),
+    upgrades,
+    rate: Math.round(upgrades / seconds),
+    p50Ms: round3(connectTime.percentile(0.5)),
+    p99Ms: round3(connectTime.percentile(0.99)),
+    refused,
+    errors
+  }
+}
+
+interface HeldConnection {
+  client: BenchClient
+  open: boolean
+  answered: boolean
+}
+
+/**
+ * Opens `count` connections, `concurrency` at a time, each answering one ping; resolves with
+ * them, and whether every one settled (answered or closed) within `timeoutMs`.
+ */
+async function openAnswered (count: number, users: number, firstUser: number, concurrency: number, timeoutMs: number): Promise<{ held: HeldConnection[], complete: boolean }> {
+  const held: HeldConnection[] = []
+  let started = 0
+  let settled = 0
+  const startOne = (): void => {
+    if (started >= count) return
+    const index = started++
+    const conn: HeldConnection = { client: undefined as unknown as BenchClient, open: false, answered: false }
+    let counted = false
+    const settle = (): void => {
+      if (counted) return
+      counted = true
+      settled++
+      setImmediate(startOne)
+    }
+    conn.client = connect(firstUser + (index % users), {
+      onOpen: () => { conn.open = true; conn.client.ping() },
+      onReply: (ok) => { if (ok) conn.answered = true; settle() },
+      onClose: () => { conn.open = false; settle() }
+    })
+    held.push(conn)
+  }
+  for (let i = 0; i < Math.min(concurrency, count); i++) startOne()
+  const complete = await until(() => settled === count, timeoutMs)
+  return { held, complete }
+}
+
+async function memory (): Promise<object> {
+  const connections = int('connections', args.connections, 10_000)
+  const users = int('users', args.users, 2000)
+  const concurrency = int('concurrency', args.concurrency, 200)
+  for (let u = 0; u < users; u++) tokenFor(u)
+
+  // Warm-up: the server compiles its connection path and sizes its heap before the idle reading.
+  const { held: warm } = await openAnswered(200, 200, 0, 50, 15_000)
+  for (const conn of warm) if (conn.open) conn.client.close()
+  await until(() => warm.every((c) => !c.open), 5000)
+  await sleep(100)
+  emit({ mark: 'warm' })
+  if (!await waitForCommand('go', 20_000)) throw new Error('no "go" from the orchestrator')
+
+  const startedAt = performance.now()
+  const { held, complete } = await openAnswered(connections, users, 0, concurrency, 90_000)
+  const openSeconds = (performance.now() - startedAt) / 1000
+  const count = (): number => held.filter((c) => c.open && c.answered).length
+  // `complete` is false when opening them all took longer than allowed (a busy machine).
+  emit({ mark: 'holding', held: count(), complete })
+  if (!await waitForCommand('release', 30_000)) throw new Error('no "release" from the orchestrator')
+  return { connections, users, held: count(), complete, openSeconds: round3(openSeconds), errors }
+}
+
+async function main (): Promise<void> {
+  const result = mode === 'throughput' ? await throughput() : mode === 'handshake' ? await handshake() : await memory()
+  emit({ result })
+  // Held sockets are torn down with the process; the orchestrator kills the server next.
+  process.exit(0)
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,781 @@
+/**
+ * `npm run bench`: fastify-secure-ws against its baseline, socket.io and bare ws, side by side.
+ * bench/README.md explains the method and how to read the output; in short:
+ *
+ * - Each target server runs FRESH for each round, pinned to core 0; the load generator
+ *   (bench/load.ts) runs as its own process pinned to core 1, one process per figure. Targets
+ *   alternate: each round starts one target further along. Everything runs as JavaScript
+ *   compiled by tsc into bench/.runs/build (like dist/), not through tsx.
+ * - On 2 cores the load generator saturates before a fast server does, so raw rates mostly
+ *   measure the load generator. Servers are compared by their OWN CPU time per message and per
+ *   upgrade, read from /proc over exactly the window the load generator marks. Lower is better.
+ * - Figure 1: a pipelined window (16 pings in flight per connection) gives msg/s; a window at a
+ *   fixed 10,000 msg/s over the same connections gives CPU per message and latency (every
+ *   server then sees the same arrivals, so the per-message work is comparable).
+ * - Figure 2: 16 concurrent clients connect, get admitted, close; upgrades/s, CPU per upgrade.
+ * - Figure 3: a fresh server, a warm-up of 200 connections, a collection (global.gc through
+ *   SIGUSR2) and a VmRSS reading; then 10,000 authenticated connections over 2,000 users each
+ *   answer a ping and are held; collection and reading again. Bytes per connection = the
+ *   difference / connections held. Opening 10,000 connections costs ~10-30 s per target on
+ *   2 cores, so it runs in BENCH_MEMORY_ROUNDS rounds (default 1) to keep the run in 5 minutes.
+ * - Figure 4 (bench/security-path.ts) runs once, in-process: CPU ns per message through the
+ *   plugin's real Connection vs a plain JSON.parse/switch/JSON.stringify handler.
+ *
+ * Output: one table of medians; `xbase` = ratio to the baseline (plain @fastify/websocket)
+ * measured in the same run; one PASS/FAIL line per target of issue 4, computed from the
+ * medians; all of it, per-round figures included, in bench/results.json with the date, the
+ * machine and the load average (a shared, busy machine makes every figure noisier).
+ *
+ * Environment: BENCH_ROUNDS (default 3), BENCH_MEMORY_ROUNDS (default 1), BENCH_TARGETS
+ * (comma list of target names, default all), BENCH_OUT (default bench/results.json).
+ * Needs Linux (/proc, taskset) and 2 cores; the Redis target needs `redis-server` and
+ * `redis-cli` and is skipped without them.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { cpus, loadavg, release } from 'node:os'
+import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { MemoryLine } from './common.js'
+
+const ROOT = resolve(__dirname, '..')
+const FD_LIMIT = 200_000
+const SERVER_CORE = 0
+const LOAD_CORE = 1
+const JWT_SECRET = 'fastify-secure-ws-bench-secret-0123456789abcdef'
+
+const ROUNDS = readInt('BENCH_ROUNDS', 3, 1, 10)
+const MEMORY_ROUNDS = Math.min(ROUNDS, readInt('BENCH_MEMORY_ROUNDS', 1, 0, 10))
+const OUT = resolve(ROOT, process.env.BENCH_OUT ?? 'bench/results.json')
+
+function readInt (name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}`)
+  return n
+}
+
+interface Target {
+  name: string
+  label: string
+  script: string
+  client: 'ws' | 'socketio'
+  env?: Record<string, string>
+  redis?: boolean
+}
+
+const ALL_TARGETS: Target[] = [
+  { name: 'ws', label: 'bare ws (floor)', script: 'bench/servers/ws.ts', client: 'ws' },
+  { name: 'baseline', label: '@fastify/websocket, no security', script: 'bench/servers/baseline.ts', client: 'ws' },
+  { name: 'secure', label: 'fastify-secure-ws, memory store', script: 'bench/servers/secure.ts', client: 'ws' },
+  { name: 'secure-redis', label: 'fastify-secure-ws, Redis store', script: 'bench/servers/secure.ts', client: 'ws', env: { STORE: 'redis' }, redis: true },
+  { name: 'socketio', label: 'socket.io 4 + JWT middleware', script: 'bench/servers/socketio.ts', client: 'socketio' }
+]
+
+// Figures: sizes and durations, all bounded.
+const FIXED_RATE = 10_000
+const THROUGHPUT_ARGS = ['--connections', '50', '--users', '50', '--depth', '16', '--warmup-ms', '500', '--duration-ms', '1500', '--rate', String(FIXED_RATE), '--rate-warmup-ms', '300', '--rate-duration-ms', '2000']
+const HANDSHAKE_ARGS = ['--concurrency', '16', '--users', '2000', '--warmup-ms', '300', '--duration-ms', '2000']
+const MEMORY_CONNECTIONS = 10_000
+const MEMORY_ARGS = ['--connections', String(MEMORY_CONNECTIONS), '--users', '2000', '--concurrency', '200']
+
+// ---------------------------------------------------------------------------------------
+// Reading a process from /proc.
+
+// Per-thread run time in ns (all threads: main, GC helpers, libuv pool). utime+stime from
+// /proc/<pid>/stat count in 10 ms ticks, which over a 2-3 s window is a 1-4% step: as coarse
+// as the differences the targets are about. The stat ticks remain the fallback.
+const HAVE_SCHEDSTAT = existsSync('/proc/self/schedstat')
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
+
+function cpuNanos (pid: number): number {
+  if (HAVE_SCHEDSTAT) {
+    let total = 0
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        total += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+    return total
+  }
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  // Fields after the command name, which may itself hold spaces: utime is [11], stime [12].
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) * (1e9 / CLK_TCK)
+}
+
+function rssBytes (pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  if (match === null) throw new Error(`no VmRSS for ${pid}`)
+  return Number(match[1]) * 1024
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes.
+
+interface Line {
+  text: string
+  /** CPU ns of the watched processes when the line arrived. */
+  cpu: number[]
+}
+
+class Proc {
+  readonly child: ChildProcess
+  readonly pid: number
+  readonly name: string
+  /** Processes whose CPU time is read the moment each line arrives (the load's marks). */
+  watch: number[] = []
+  #lines: Line[] = []
+  #wake: (() => void) | undefined
+  #stderr = ''
+  exitCode: number | null | undefined
+  readonly exited: Promise<void>
+
+  constructor (name: string, core: number, argv: string[], env: Record<string, string>) {
+    this.name = name
+    // Raise the descriptor limit as far as allowed, pin to the core, then become the program (same pid).
+    this.child = spawn('bash', ['-c', `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec taskset -c ${core} "$@"`, 'bench', ...argv], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe']
+    })
+    if (this.child.pid === undefined) throw new Error(`could not start ${name}`)
+    this.pid = this.child.pid
+    createInterface({ input: this.child.stdout! }).on('line', (text) => {
+      const cpu = this.watch.map((pid) => { try { return cpuNanos(pid) } catch { return Number.NaN } })
+      this.#lines.push({ text, cpu })
+      this.#wake?.()
+    })
+    this.child.stderr!.on('data', (chunk: Buffer) => { this.#stderr = (this.#stderr + chunk.toString()).slice(-4000) })
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code) => {
+        this.exitCode = code
+        this.#wake?.()
+        resolve()
+      })
+    })
+  }
+
+  /** The next line matching `test` (earlier lines are dropped); rejects on exit or timeout. */
+  async line (test: (text: string) => boolean, timeoutMs: number, what: string): Promise<Line> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      while (this.#lines.length > 0) {
+        const line = this.#lines.shift()!
+        if (test(line.text)) return line
+      }
+      if (this.exitCode !== undefined) throw new Error(`${this.name} exited (${this.exitCode}) before ${what}: ${this.#stderr.trim()}`)
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`${this.name}: no ${what} within ${timeoutMs} ms: ${this.#stderr.trim()}`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        this.#wake = () => { clearTimeout(timer); this.#wake = undefined; resolve() }
+      })
+    }
+  }
+
+  send (text: string): void {
+    this.child.stdin!.write(`${text}\n`)
+  }
+
+  async stop (): Promise<void> {
+    if (this.exitCode !== undefined) return
+    this.child.kill('SIGTERM')
+    const ended = await Promise.race([this.exited.then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 3000))])
+    if (!ended) {
+      this.child.kill('SIGKILL')
+      await this.exited
+    }
+  }
+}
+
+const live = new Set<Proc>()
+function launch (name: string, core: number, argv: string[], env: Record<string, string> = {}): Proc {
+  const proc = new Proc(name, core, argv, env)
+  live.add(proc)
+  proc.exited.then(() => live.delete(proc), () => {})
+  return proc
+}
+
+async function canListen (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer()
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+  })
+}
+
+const usedPorts = new Set<number>()
+/** A free port below the ephemeral range (32768+), never the same one twice in a run. */
+async function freePort (): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * 12000)
+    if (usedPorts.has(port)) continue
+    usedPorts.add(port)
+    if (await canListen(port)) return port
+  }
+  throw new Error('no free port found between 20000 and 32000')
+}
+
+// Each load process connects from its own loopback source address, so that sockets left in
+// TIME_WAIT by earlier figures never exhaust the ephemeral ports of a later one.
+let lastLocal = 1
+function nextLocalAddress (): string {
+  lastLocal = lastLocal >= 254 ? 2 : lastLocal + 1
+  return `127.0.0.${lastLocal}`
+}
+
+// Servers, load generator and figure 4 run as JavaScript compiled by tsc (as dist/ is), not
+// through tsx: tsx's transform passes every function through a `__name` helper that gives
+// each per-connection closure an own `name` property, ~800 B per connection on its own.
+const BUILD_DIR = 'bench/.runs/build'
+const js = (script: string): string => join(BUILD_DIR, script.replace(/\.ts$/, '.js'))
+const NODE = process.execPath
+
+function compile (): void {
+  // Type checking is `npm run typecheck`'s job; this only emits.
+  execFileSync(NODE, [require.resolve('typescript/bin/tsc'), '-p', 'bench/tsconfig.build.json', '--noCheck'], { cwd: ROOT, stdio: 'inherit' })
+}
+
+function haveCommand (command: string): boolean {
+  try {
+    execFileSync('bash', ['-c', `command -v ${command}`], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis for the Redis-store target.
+
+interface RedisServer {
+  proc: Proc
+  port: number
+  url: string
+}
+
+async function startRedis (): Promise<RedisServer> {
+  const port = await freePort()
+  const proc = launch('redis-server', LOAD_CORE, ['redis-server', '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'notice'])
+  await proc.line((text) => text.includes('Ready to accept connections'), 10_000, 'redis ready')
+  return { proc, port, url: `redis://127.0.0.1:${port}` }
+}
+
+function flushRedis (redis: RedisServer): void {
+  // Leases left by the previous (killed) server would otherwise count against the next one.
+  execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), 'FLUSHALL'], { stdio: 'ignore' })
+}
+
+// ---------------------------------------------------------------------------------------
+// Figures.
+
+interface ThroughputFigure {
+  /** Pipelined window: messages per second, and the server's CPU per message there. */
+  rate: number
+  saturatedCpuUsPerMessage: number
+  pipelinedP50Ms: number | null
+  pipelinedP99Ms: number | null
+  /** Fixed-rate window: the server's CPU per message, latencies, the rate achieved. */
+  cpuUsPerMessage: number
+  p50Ms: number | null
+  p99Ms: number | null
+  fixedAchievedRate: number
+  fixedSkipped: number
+  /** False when the load generator fell behind the fixed rate (a busy machine); such rounds are left out of the CPU per message median. */
+  fixedRateHeld: boolean
+  redisCpuUsPerMessage?: number
+}
+
+interface HandshakeFigure {
+  rate: number
+  upgrades: number
+  cpuUsPerUpgrade: number
+  p50Ms: number | null
+  p99Ms: number | null
+  redisCpuUsPerUpgrade?: number
+}
+
+interface MemoryFigure {
+  held: number
+  /** False when the load generator ran out of time opening them (a busy machine), not because the server refused. */
+  complete: boolean
+  rssBytesPerConnection: number
+  heapBytesPerConnection: number
+  idleRssBytes: number
+  heldRssBytes: number
+  openSeconds: number
+}
+
+interface RoundResult {
+  throughput?: ThroughputFigure
+  handshake?: HandshakeFigure
+  memory?: MemoryFigure
+  /** Wall time of each step, server start and stop included. */
+  seconds: Record<string, number>
+  errors: string[]
+}
+
+interface Server {
+  proc: Proc
+  port: number
+}
+
+async function startServer (target: Target, redis: RedisServer | undefined): Promise<Server> {
+  if (target.redis === true) flushRedis(redis!)
+  const port = await freePort()
+  const env: Record<string, string> = { PORT: String(port), JWT_SECRET, ...target.env }
+  if (target.redis === true) env.REDIS_URL = redis!.url
+  const proc = launch(`${target.name} server`, SERVER_CORE, [NODE, '--expose-gc', js(target.script)], env)
+  await proc.line((text) => text === 'ready', 20_000, '"ready"')
+  return { proc, port }
+}
+
+function startLoad (target: Target, mode: string, server: Server, extra: string[]): Proc {
+  const argv = [NODE, js('bench/load.ts'), '--mode', mode, '--client', target.client, '--port', String(server.port), '--local', nextLocalAddress(), ...extra]
+  return launch(`${target.name} ${mode} load`, LOAD_CORE, argv, { JWT_SECRET })
+}
+
+const isMark = (mark: string) => (text: string): boolean => text.startsWith('{"mark":"' + mark + '"')
+const isResult = (text: string): boolean => text.startsWith('{"result":')
+
+interface Window {
+  /** Server CPU seconds between the marks. */
+  cpu: number
+  /** Redis CPU seconds between the marks (Redis-store target only). */
+  redisCpu: number | undefined
+}
+
+/**
+ * Runs one load process through its marked windows; returns its result and, per window, the
+ * CPU seconds the server (and Redis, for the Redis target) spent between the marks.
+ */
+async function timedFigure (target: Target, mode: 'throughput' | 'handshake', server: Server, redis: RedisServer | undefined, extra: string[], windows: Array<[string, string]>): Promise<{ result: Record<string, number>, windows: Window[] }> {
+  const load = startLoad(target, mode, server, extra)
+  const watchRedis = target.redis === true && redis !== undefined
+  load.watch = watchRedis ? [server.proc.pid, redis.proc.pid] : [server.proc.pid]
+  try {
+    const measured: Window[] = []
+    for (const [from, to] of windows) {
+      const start = await load.line(isMark(from), 30_000, `${from} mark`)
+      const stop = await load.line(isMark(to), 30_000, `${to} mark`)
+      measured.push({
+        cpu: (stop.cpu[0]! - start.cpu[0]!) / 1e9,
+        redisCpu: watchRedis ? (stop.cpu[1]! - start.cpu[1]!) / 1e9 : undefined
+      })
+    }
+    const { result } = JSON.parse((await load.line(isResult, 30_000, 'result')).text) as { result: Record<string, number> }
+    return { result, windows: measured }
+  } finally {
+    await load.stop()
+  }
+}
+
+async function throughputFigure (target: Target, server: Server, redis: RedisServer | undefined): Promise<ThroughputFigure> {
+  const { result, windows } = await timedFigure(target, 'throughput', server, redis, THROUGHPUT_ARGS, [['start', 'stop'], ['rate-start', 'rate-stop']])
+  const [pipelined, fixed] = windows as [Window, Window]
+  if (result.badReplies! > 0 || result.closedEarly! > 0) throw new Error(`throughput: ${result.badReplies} bad replies, ${result.closedEarly} connections closed early`)
+  if (result.messages! === 0 || result.fixedMessages! === 0) throw new Error('throughput: no messages answered')
+  const fixedRateHeld = result.fixedSkipped! <= 0.02 * FIXED_RATE * result.fixedSeconds!
+  if (!fixedRateHeld) process.stdout.write(`  ! ${target.name} throughput: the load generator fell behind the fixed rate (${fmt(result.fixedAchievedRate)} msg/s); this round's CPU per message is left out\n`)
+  return {
+    rate: result.rate!,
+    saturatedCpuUsPerMessage: (pipelined.cpu * 1e6) / result.messages!,
+    pipelinedP50Ms: result.p50Ms ?? null,
+    pipelinedP99Ms: result.p99Ms ?? null,
+    cpuUsPerMessage: (fixed.cpu * 1e6) / result.fixedMessages!,
+    p50Ms: result.fixedP50Ms ?? null,
+    p99Ms: result.fixedP99Ms ?? null,
+    fixedAchievedRate: result.fixedAchievedRate!,
+    fixedSkipped: result.fixedSkipped!,
+    fixedRateHeld,
+    ...(fixed.redisCpu === undefined ? {} : { redisCpuUsPerMessage: (fixed.redisCpu * 1e6) / result.fixedMessages! })
+  }
+}
+
+async function handshakeFigure (target: Target, server: Server, redis: RedisServer | undefined): Promise<HandshakeFigure> {
+  const { result, windows } = await timedFigure(target, 'handshake', server, redis, HANDSHAKE_ARGS, [['start', 'stop']])
+  const window = windows[0]!
+  if (result.upgrades! === 0) throw new Error('handshake: no upgrades')
+  if (result.refused! > 0) throw new Error(`handshake: ${result.refused} connections refused or not closed cleanly`)
+  return {
+    rate: result.rate!,
+    upgrades: result.upgrades!,
+    cpuUsPerUpgrade: (window.cpu * 1e6) / result.upgrades!,
+    p50Ms: result.p50Ms ?? null,
+    p99Ms: result.p99Ms ?? null,
+    ...(window.redisCpu === undefined ? {} : { redisCpuUsPerUpgrade: (window.redisCpu * 1e6) / result.upgrades! })
+  }
+}
+
+/** Collects the server's garbage, then reads its RSS and V8 heap + external memory. */
+async function memorySnapshot (server: Proc): Promise<{ rss: number, heap: number }> {
+  process.kill(server.pid, 'SIGUSR2')
+  const line = await server.line((text) => text.startsWith('mem '), 15_000, 'memory line')
+  const mem = JSON.parse(line.text.slice(4)) as MemoryLine
+  return { rss: rssBytes(server.pid), heap: mem.heapUsed + mem.external }
+}
+
+async function memoryFigure (target: Target, server: Server): Promise<MemoryFigure> {
+  const load = startLoad(target, 'memory', server, MEMORY_ARGS)
+  try {
+    await load.line(isMark('warm'), 60_000, 'warm mark')
+    const idle = await memorySnapshot(server.proc)
+    load.send('go')
+    const holding = JSON.parse((await load.line(isMark('holding'), 120_000, 'holding mark')).text) as { held: number, complete: boolean }
+    const loaded = await memorySnapshot(server.proc)
+    load.send('release')
+    const { result } = JSON.parse((await load.line(isResult, 30_000, 'result')).text) as { result: Record<string, number> }
+    const held = holding.held
+    if (held === 0) throw new Error('memory: no connection held')
+    if (!holding.complete) process.stdout.write(`  ! ${target.name} memory: opening ${MEMORY_CONNECTIONS} connections did not finish within 90 s; ${held} held\n`)
+    return {
+      held,
+      complete: holding.complete,
+      rssBytesPerConnection: (loaded.rss - idle.rss) / held,
+      heapBytesPerConnection: (loaded.heap - idle.heap) / held,
+      idleRssBytes: idle.rss,
+      heldRssBytes: loaded.rss,
+      openSeconds: result.openSeconds!
+    }
+  } finally {
+    await load.stop()
+  }
+}
+
+async function runTarget (target: Target, redis: RedisServer | undefined, withMemory: boolean): Promise<RoundResult> {
+  const round: RoundResult = { seconds: {}, errors: [] }
+  const attempt = async <T>(what: string, fn: () => Promise<T>): Promise<T | undefined> => {
+    const began = Date.now()
+    try {
+      return await fn()
+    } catch (err) {
+      round.errors.push(`${what}: ${(err as Error).message}`)
+      process.stdout.write(`  ! ${target.name} ${what}: ${(err as Error).message}\n`)
+      return undefined
+    } finally {
+      round.seconds[what] = Math.round((Date.now() - began) / 100) / 10
+    }
+  }
+  // Throughput and handshake share one fresh server; memory gets its own fresh one.
+  await attempt('throughput+handshake', async () => {
+    const server = await startServer(target, redis)
+    try {
+      round.throughput = await attempt('throughput', () => throughputFigure(target, server, redis))
+      round.handshake = await attempt('handshake', () => handshakeFigure(target, server, redis))
+    } finally {
+      await server.proc.stop()
+    }
+  })
+  if (withMemory) {
+    await attempt('memory', async () => {
+      const server = await startServer(target, redis)
+      try {
+        round.memory = await memoryFigure(target, server)
+      } finally {
+        await server.proc.stop()
+      }
+    })
+  }
+  return round
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary.
+
+function median (values: number[]): number | null {
+  if (values.length === 0) return null
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+interface Medians {
+  /** Pipelined window. */
+  messagesPerSecond: number | null
+  saturatedCpuUsPerMessage: number | null
+  pipelinedP50Ms: number | null
+  pipelinedP99Ms: number | null
+  /** Fixed-rate window. */
+  cpuUsPerMessage: number | null
+  messageP50Ms: number | null
+  messageP99Ms: number | null
+  upgradesPerSecond: number | null
+  cpuUsPerUpgrade: number | null
+  connectP50Ms: number | null
+  connectP99Ms: number | null
+  rssBytesPerConnection: number | null
+  heapBytesPerConnection: number | null
+  /** The fewest connections held in any memory round (0 when a round failed). */
+  minHeld: number | null
+  redisCpuUsPerMessage?: number | null
+  redisCpuUsPerUpgrade?: number | null
+  rounds: number
+}
+
+function summarise (rounds: RoundResult[], withRedis: boolean): Medians {
+  const pick = <T>(get: (r: RoundResult) => T | undefined | null): T[] => rounds.map(get).filter((v): v is T => v !== undefined && v !== null)
+  const memoryRounds = rounds.slice(0, MEMORY_ROUNDS)
+  const held = memoryRounds.map((r) => r.memory === undefined || !r.memory.complete ? 0 : r.memory.held)
+  const atFixedRate = rounds.some((r) => r.throughput?.fixedRateHeld === true) ? rounds.filter((r) => r.throughput?.fixedRateHeld === true) : rounds
+  return {
+    messagesPerSecond: median(pick((r) => r.throughput?.rate)),
+    saturatedCpuUsPerMessage: median(pick((r) => r.throughput?.saturatedCpuUsPerMessage)),
+    pipelinedP50Ms: median(pick((r) => r.throughput?.pipelinedP50Ms)),
+    pipelinedP99Ms: median(pick((r) => r.throughput?.pipelinedP99Ms)),
+    cpuUsPerMessage: median(atFixedRate.map((r) => r.throughput?.cpuUsPerMessage).filter((v): v is number => v !== undefined)),
+    messageP50Ms: median(atFixedRate.map((r) => r.throughput?.p50Ms).filter((v): v is number => v !== undefined && v !== null)),
+    messageP99Ms: median(atFixedRate.map((r) => r.throughput?.p99Ms).filter((v): v is number => v !== undefined && v !== null)),
+    upgradesPerSecond: median(pick((r) => r.handshake?.rate)),
+    cpuUsPerUpgrade: median(pick((r) => r.handshake?.cpuUsPerUpgrade)),
+    connectP50Ms: median(pick((r) => r.handshake?.p50Ms)),
+    connectP99Ms: median(pick((r) => r.handshake?.p99Ms)),
+    rssBytesPerConnection: median(pick((r) => r.memory?.rssBytesPerConnection)),
+    heapBytesPerConnection: median(pick((r) => r.memory?.heapBytesPerConnection)),
+    minHeld: held.length === 0 ? null : Math.min(...held),
+    ...(withRedis
+      ? {
+          redisCpuUsPerMessage: median(pick((r) => r.throughput?.redisCpuUsPerMessage)),
+          redisCpuUsPerUpgrade: median(pick((r) => r.handshake?.redisCpuUsPerUpgrade))
+        }
+      : {}),
+    rounds: rounds.length
+  }
+}
+
+const ratio = (a: number | null | undefined, b: number | null | undefined): number | null =>
+  a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b
+
+interface TargetCheck {
+  target: string
+  value: number | null
+  limit: string
+  pass: boolean | null
+  line: string
+}
+
+function fmt (n: number | null | undefined, digits = 0): string {
+  if (n === null || n === undefined || Number.isNaN(n)) return '-'
+  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+}
+
+const fx = (n: number | null): string => n === null ? '-' : `${n.toFixed(2)}x`
+
+function checks (m: Record<string, Medians>): TargetCheck[] {
+  const base = m.baseline
+  const sec = m.secure
+  const redis = m['secure-redis']
+  const sio = m.socketio
+  const list: TargetCheck[] = []
+  const add = (target: string, value: number | null, limit: string, pass: (v: number) => boolean, detail: string): void => {
+    const ok = value === null ? null : pass(value)
+    list.push({ target, value, limit, pass: ok, line: `${ok === null ? 'N/A ' : ok ? 'PASS' : 'FAIL'}  ${target}: ${detail}` })
+  }
+  const cpuMsg = ratio(sec?.cpuUsPerMessage, base?.cpuUsPerMessage)
+  add('secured throughput >= 0.95x baseline', cpuMsg, '<= 1.053', (v) => v <= 1 / 0.95,
+    `server CPU per message ${fx(cpuMsg)} the baseline's (must be <= ${fx(1 / 0.95)}); pipelined: messages/s ${fx(ratio(sec?.messagesPerSecond, base?.messagesPerSecond))}, CPU per message ${fx(ratio(sec?.saturatedCpuUsPerMessage, base?.saturatedCpuUsPerMessage))}`)
+  const cpuUpg = ratio(sec?.cpuUsPerUpgrade, base?.cpuUsPerUpgrade)
+  add('secured handshake rate >= 0.85x baseline', cpuUpg, '<= 1.176', (v) => v <= 1 / 0.85,
+    `server CPU per upgrade ${fx(cpuUpg)} the baseline's (must be <= ${fx(1 / 0.85)}); raw upgrades/s ${fx(ratio(sec?.upgradesPerSecond, base?.upgradesPerSecond))}`)
+  const extra = sec === undefined || base === undefined || sec.rssBytesPerConnection === null || base.rssBytesPerConnection === null
+    ? null
+    : sec.rssBytesPerConnection - base.rssBytesPerConnection
+  const extraHeap = sec === undefined || base === undefined || sec.heapBytesPerConnection === null || base.heapBytesPerConnection === null
+    ? null
+    : sec.heapBytesPerConnection - base.heapBytesPerConnection
+  add('extra memory <= 1 KiB per connection over the baseline', extra, '<= 1024 B', (v) => v <= 1024,
+    `${fmt(extra)} B RSS per connection more than the baseline (must be <= 1,024); V8 heap+external ${fmt(extraHeap)} B more`)
+  const sioMsg = ratio(sec?.cpuUsPerMessage, sio?.cpuUsPerMessage)
+  add('CPU per message <= 0.85x socket.io', sioMsg, '<= 0.85', (v) => v <= 0.85,
+    `server CPU per message ${fx(sioMsg)} socket.io's (must be <= 0.85x)`)
+  const sioUpg = ratio(sec?.cpuUsPerUpgrade, sio?.cpuUsPerUpgrade)
+  add('CPU per authenticated upgrade <= 0.4x socket.io', sioUpg, '<= 0.40', (v) => v <= 0.4,
+    `server CPU per upgrade ${fx(sioUpg)} socket.io's (must be <= 0.40x)`)
+  // Throughput per unit of server CPU: in-memory CPU per message over Redis CPU per message.
+  const redisTp = ratio(sec?.cpuUsPerMessage, redis?.cpuUsPerMessage)
+  add('Redis-store throughput >= 0.8x in-memory', redisTp, '>= 0.80', (v) => v >= 0.8,
+    `messages per server CPU second ${fx(redisTp)} the in-memory store's (must be >= 0.80x); pipelined messages/s ${fx(ratio(redis?.messagesPerSecond, sec?.messagesPerSecond))}; Redis's own CPU, not counted above: ${fmt(redis?.redisCpuUsPerMessage, 2)} us per message (${fx(ratio(sec?.cpuUsPerMessage, redis === undefined || redis.cpuUsPerMessage === null ? null : redis.cpuUsPerMessage + (redis.redisCpuUsPerMessage ?? 0)))} with it), ${fmt(redis?.redisCpuUsPerUpgrade, 1)} us per upgrade`)
+  const held = sec?.minHeld ?? null
+  add('10,000 concurrent authenticated connections held by one process', held, `>= ${MEMORY_CONNECTIONS}`, (v) => v >= MEMORY_CONNECTIONS,
+    `fewest held in a memory round: ${fmt(held)} (Redis store: ${fmt(redis?.minHeld ?? null)})`)
+  return list
+}
+
+function table (targets: Target[], m: Record<string, Medians>): string {
+  const base = m.baseline
+  const header = ['target', 'msg/s', 'CPU us/msg', 'xbase', 'p50 ms', 'p99 ms', 'upg/s', 'CPU us/upg', 'xbase', 'p50 ms', 'p99 ms', 'RSS B/conn', 'heap B/conn', 'held']
+  const rows = targets.map((t) => {
+    const r = m[t.name]!
+    return [
+      t.name,
+      fmt(r.messagesPerSecond),
+      fmt(r.cpuUsPerMessage, 2),
+      fx(ratio(r.cpuUsPerMessage, base?.cpuUsPerMessage)),
+      fmt(r.messageP50Ms, 2),
+      fmt(r.messageP99Ms, 2),
+      fmt(r.upgradesPerSecond),
+      fmt(r.cpuUsPerUpgrade, 1),
+      fx(ratio(r.cpuUsPerUpgrade, base?.cpuUsPerUpgrade)),
+      fmt(r.connectP50Ms, 2),
+      fmt(r.connectP99Ms, 2),
+      fmt(r.rssBytesPerConnection),
+      fmt(r.heapBytesPerConnection),
+      fmt(r.minHeld)
+    ]
+  })
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
+  const line = (cells: string[]): string => cells.map((c, i) => i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)).join('  ')
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
+}
+
+function cpuModel (): string {
+  const match = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))
+  return match?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown'
+}
+
+function gitDescribe (): string | null {
+  try {
+    const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== ''
+    return dirty ? `${commit} (lib/ modified)` : commit
+  } catch {
+    return null
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+interface SecurityPath {
+  messages: Record<string, { securedNs: number, plainNs: number, overheadNs: number, ratio: number }>
+}
+
+async function main (): Promise<void> {
+  const began = Date.now()
+  const loadBefore = loadavg()
+  if (cpus().length < 2) throw new Error('the bench pins server and load generator to different cores: it needs 2 cores')
+  for (const command of ['taskset', 'getconf']) if (!haveCommand(command)) throw new Error(`${command} is required`)
+
+  const wanted = process.env.BENCH_TARGETS?.split(',').map((s) => s.trim()).filter((s) => s !== '')
+  let targets = wanted === undefined ? ALL_TARGETS : ALL_TARGETS.filter((t) => wanted.includes(t.name))
+  if (targets.length === 0) throw new Error(`BENCH_TARGETS names none of ${ALL_TARGETS.map((t) => t.name).join(', ')}`)
+  const skipped: string[] = []
+  if (targets.some((t) => t.redis === true) && !(haveCommand('redis-server') && haveCommand('redis-cli'))) {
+    skipped.push('secure-redis (redis-server/redis-cli not installed)')
+    targets = targets.filter((t) => t.redis !== true)
+  }
+  process.stdout.write(`fastify-secure-ws bench: ${targets.map((t) => t.name).join(', ')}; ${ROUNDS} round(s), memory in ${MEMORY_ROUNDS}; server on core ${SERVER_CORE}, load on core ${LOAD_CORE}; load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')}\n`)
+  if (skipped.length > 0) process.stdout.write(`skipped: ${skipped.join('; ')}\n`)
+
+  process.stdout.write(`compiling bench/ and lib/ with tsc into ${BUILD_DIR} ...\n`)
+  compile()
+  const redis = targets.some((t) => t.redis === true) ? await startRedis() : undefined
+  try {
+    process.stdout.write('figure 4: security path in-process ... ')
+    const pathProc = launch('security-path', SERVER_CORE, [NODE, js('bench/security-path.ts')])
+    const securityPath = JSON.parse((await pathProc.line((text) => text.startsWith('{'), 120_000, 'security-path result')).text) as SecurityPath
+    await pathProc.exited
+    process.stdout.write('done\n')
+
+    const byTarget: Record<string, RoundResult[]> = Object.fromEntries(targets.map((t) => [t.name, []]))
+    for (let r = 0; r < ROUNDS; r++) {
+      // Alternate: round r starts r targets further along, so no target always runs first or last.
+      const order = targets.map((_, i) => targets[(i + r) % targets.length]!)
+      for (const target of order) {
+        process.stdout.write(`round ${r + 1}/${ROUNDS} ${target.name} ... `)
+        const result = await runTarget(target, redis, r < MEMORY_ROUNDS)
+        byTarget[target.name]!.push(result)
+        const memory = result.memory === undefined ? '' : `, ${fmt(result.memory.rssBytesPerConnection)} B/conn, ${fmt(result.memory.held)} held`
+        process.stdout.write(`${fmt(result.throughput?.rate)} msg/s, ${fmt(result.throughput?.cpuUsPerMessage, 2)} us CPU/msg, ${fmt(result.handshake?.rate)} upg/s, ${fmt(result.handshake?.cpuUsPerUpgrade, 1)} us CPU/upg${memory}\n`)
+      }
+    }
+
+    const medians: Record<string, Medians> = Object.fromEntries(targets.map((t) => [t.name, summarise(byTarget[t.name]!, t.redis === true)]))
+    const results = checks(medians)
+    const loadAfter = loadavg()
+    const durationSeconds = Math.round((Date.now() - began) / 1000)
+    const machine = `${cpuModel()}, ${cpus().length} cores, Node ${process.version}, Linux ${release()}`
+
+    const out: string[] = []
+    out.push('')
+    out.push(`Medians of ${ROUNDS} round(s) (memory: ${MEMORY_ROUNDS}). CPU = the server's own CPU time (lower is better); xbase = ratio to baseline.`)
+    out.push(`msg/s: pipelined, 16 in flight on each of 50 connections (the load generator saturates first). CPU us/msg and p50/p99: at a fixed ${fmt(FIXED_RATE)} msg/s.`)
+    out.push(table(targets, medians))
+    out.push('')
+    out.push('Figure 4, security path in-process (CPU ns per message, median):')
+    for (const [kind, r] of Object.entries(securityPath.messages)) {
+      out.push(`  ${kind.padEnd(5)} secured ${fmt(r.securedNs)} ns, plain JSON.parse/switch/JSON.stringify ${fmt(r.plainNs)} ns, overhead ${fmt(r.overheadNs)} ns (${r.ratio.toFixed(2)}x)`)
+    }
+    out.push('')
+    out.push('Targets (issue 4):')
+    for (const check of results) out.push(`  ${check.line}`)
+    out.push('')
+    out.push(`${new Date(began).toISOString()}; ${machine}; load average before ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, after ${loadAfter.map((l) => l.toFixed(2)).join(' ')}; ${durationSeconds} s`)
+    process.stdout.write(`${out.join('\n')}\n`)
+
+    const errors = Object.entries(byTarget).flatMap(([name, rounds]) => rounds.flatMap((round, i) => round.errors.map((e) => `${name} round ${i + 1}: ${e}`)))
+    writeFileSync(OUT, `${JSON.stringify({
+      date: new Date(began).toISOString(),
+      machine: { cpu: cpuModel(), cores: cpus().length, node: process.version, kernel: release(), loadAverageBefore: loadBefore, loadAverageAfter: loadAfter },
+      commit: gitDescribe(),
+      durationSeconds,
+      config: {
+        rounds: ROUNDS,
+        memoryRounds: MEMORY_ROUNDS,
+        serverCore: SERVER_CORE,
+        loadCore: LOAD_CORE,
+        cpuClock: HAVE_SCHEDSTAT ? '/proc/<pid>/task/*/schedstat (ns)' : `/proc/<pid>/stat utime+stime (1/${CLK_TCK} s)`,
+        throughput: THROUGHPUT_ARGS.join(' '),
+        handshake: HANDSHAKE_ARGS.join(' '),
+        memory: MEMORY_ARGS.join(' '),
+        skipped
+      },
+      targets: Object.fromEntries(targets.map((t) => [t.name, t.label])),
+      medians,
+      ratios: {
+        secureVsBaseline: {
+          cpuPerMessage: ratio(medians.secure?.cpuUsPerMessage, medians.baseline?.cpuUsPerMessage),
+          pipelinedMessagesPerSecond: ratio(medians.secure?.messagesPerSecond, medians.baseline?.messagesPerSecond),
+          pipelinedCpuPerMessage: ratio(medians.secure?.saturatedCpuUsPerMessage, medians.baseline?.saturatedCpuUsPerMessage),
+          cpuPerUpgrade: ratio(medians.secure?.cpuUsPerUpgrade, medians.baseline?.cpuUsPerUpgrade),
+          upgradesPerSecond: ratio(medians.secure?.upgradesPerSecond, medians.baseline?.upgradesPerSecond),
+          extraRssBytesPerConnection: medians.secure?.rssBytesPerConnection === undefined || medians.baseline?.rssBytesPerConnection === undefined || medians.secure.rssBytesPerConnection === null || medians.baseline.rssBytesPerConnection === null
+            ? null
+            : medians.secure.rssBytesPerConnection - medians.baseline.rssBytesPerConnection
+        },
+        secureVsSocketIo: {
+          cpuPerMessage: ratio(medians.secure?.cpuUsPerMessage, medians.socketio?.cpuUsPerMessage),
+          cpuPerUpgrade: ratio(medians.secure?.cpuUsPerUpgrade, medians.socketio?.cpuUsPerUpgrade)
+        },
+        redisVsMemory: {
+          messagesPerCpuSecond: ratio(medians.secure?.cpuUsPerMessage, medians['secure-redis']?.cpuUsPerMessage),
+          pipelinedMessagesPerSecond: ratio(medians['secure-redis']?.messagesPerSecond, medians.secure?.messagesPerSecond)
+        }
+      },
+      securityPath,
+      checks: results,
+      rounds: byTarget,
+      errors
+    }, null, 2)}\n`)
+    process.stdout.write(`written to ${OUT}\n`)
+    if (errors.length > 0) process.exitCode = 1
+  } finally {
+    await Promise.all([...live].map((proc) => proc.stop()))
+  }
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const proc of live) proc.child.kill('SIGKILL')
+    process.exit(130)
+  })
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`)
+  for (const proc of live) proc.child.kill('SIGKILL')
+  process.exit(1)
+})

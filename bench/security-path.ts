@@ -78,7 +78,8 @@ const route = compileRoute(routeDef, routeDef.url, options)
 const registry = new Registry(store)
 
 const securedSocket = new FakeSocket()
-const connection = new Connection(securedSocket as unknown as WebSocket, route, registry, {
+// The connection attaches itself to the socket and the registry.
+new Connection(securedSocket as unknown as WebSocket, route, registry, {
   id: 'c1',
   user: { id: 'u1', scopes: ['bench'], expiresAt: Date.now() + 3600_000 },
   session: { ownerId: 'u1' },
@@ -162,9 +163,9 @@ for (const kind of ['ping', 'say'] as const) {
   }
 }
 
-// Ends the connection through its real cleanup (expiry timer, registry, slot).
+// Ends the connection through its real cleanup (expiry watch, registry, slot).
 securedSocket.close()
-if (registry.stats().connections !== 0 || connection.hasExpiryTimer) throw new Error('connection did not clean up')
+if (registry.stats().connections !== 0 || registry.stats().timers !== 0) throw new Error('connection did not clean up')
 store.close().then(() => {
   process.stdout.write(`${JSON.stringify({ iterations: ITERATIONS, repetitions: REPETITIONS, messages: results })}\n`)
 }, (err: unknown) => { throw err })

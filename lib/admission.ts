@@ -29,6 +29,11 @@ function refuse (kind: CloseKind, userId?: string): Refused {
   return { admitted: false, kind, userId }
 }
 
+/** True for anything with a `then` method: async callbacks may return any promise-like. */
+export function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null)?.then === 'function'
+}
+
 function isUser (value: unknown): value is SecureWsUser {
   if (typeof value !== 'object' || value === null) return false
   const user = value as Partial<SecureWsUser>
@@ -36,64 +41,88 @@ function isUser (value: unknown): value is SecureWsUser {
     (user.expiresAt === undefined || Number.isFinite(user.expiresAt))
 }
 
-async function authenticate (request: FastifyRequest, route: CompiledRoute): Promise<SecureWsUser | Refused> {
-  const token = readToken(request)
-  if (token === undefined) return refuse('invalidToken')
-  let user: unknown
-  try {
-    user = await route.verifyToken(token, request)
-  } catch (err) {
-    request.log.error({ err }, 'verifyToken failed')
-    return refuse('invalidToken')
-  }
-  if (user === null || user === undefined) return refuse('invalidToken')
-  if (!isUser(user)) {
-    request.log.error('verifyToken returned a user without a non-empty string id and a scopes array')
-    return refuse('internalError')
-  }
-  if (user.expiresAt !== undefined && user.expiresAt <= Date.now()) return refuse('invalidToken', user.id)
-  return user
+/** Runs `step` on a value that may be a promise, synchronously when it is not. */
+function then<T> (value: T | PromiseLike<T>, step: (value: T) => void, failed: (err: unknown) => void): void {
+  if (isThenable(value)) value.then(step, failed)
+  else step(value)
 }
 
 /**
  * Decides whether an upgrade may become a connection, in the order origin, token, session
- * ownership, connection slot; the first failing check names the refusal. Never rejects.
+ * ownership, connection slot; the first failing check names the refusal, given to `done`
+ * exactly once. Never throws. Each step continues synchronously unless the app's callback
+ * or the store returned a promise, so an upgrade costs no promise round trips it does not need.
  * On success the slot is held until `release` runs, which the caller ties to the socket.
  */
-export async function admit (request: FastifyRequest, route: CompiledRoute): Promise<Admission> {
-  if (!route.isOriginAllowed(request.headers.origin)) return refuse('originNotAllowed')
+export function admit (request: FastifyRequest, route: CompiledRoute, done: (admission: Admission) => void): void {
+  if (!route.isOriginAllowed(request.headers.origin)) return done(refuse('originNotAllowed'))
+  const token = readToken(request)
+  if (token === undefined) return done(refuse('invalidToken'))
 
-  const user = await authenticate(request, route)
-  if ('admitted' in user) return user
-
-  const params = request.params as Record<string, string>
-  let session: SessionBase | null | undefined
-  try {
-    session = await route.resolveSession({ request, user, params })
-  } catch (err) {
-    request.log.error({ err, userId: user.id }, 'resolveSession failed')
-    return refuse('internalError', user.id)
+  const tokenFailed = (err: unknown): void => {
+    request.log.error({ err }, 'verifyToken failed')
+    done(refuse('invalidToken'))
   }
-  if (session === null || session === undefined || session.ownerId !== user.id) return refuse('accessDenied', user.id)
+  let verified: ReturnType<CompiledRoute['verifyToken']>
+  try {
+    verified = route.verifyToken(token, request)
+  } catch (err) {
+    return tokenFailed(err)
+  }
+  then(verified, (user) => {
+    if (user === null || user === undefined) return done(refuse('invalidToken'))
+    if (!isUser(user)) {
+      request.log.error('verifyToken returned a user without a non-empty string id and a scopes array')
+      return done(refuse('internalError'))
+    }
+    if (user.expiresAt !== undefined && user.expiresAt <= Date.now()) return done(refuse('invalidToken', user.id))
+    resolveSession(request, route, user, done)
+  }, tokenFailed)
+}
 
+function resolveSession (request: FastifyRequest, route: CompiledRoute, user: SecureWsUser, done: (admission: Admission) => void): void {
+  const failed = (err: unknown): void => {
+    request.log.error({ err, userId: user.id }, 'resolveSession failed')
+    done(refuse('internalError', user.id))
+  }
+  let resolved: ReturnType<CompiledRoute['resolveSession']>
+  try {
+    resolved = route.resolveSession({ request, user, params: request.params as Record<string, string> })
+  } catch (err) {
+    return failed(err)
+  }
+  then(resolved, (session) => {
+    if (session === null || session === undefined || session.ownerId !== user.id) return done(refuse('accessDenied', user.id))
+    takeSlot(request, route, user, session, done)
+  }, failed)
+}
+
+function takeSlot (request: FastifyRequest, route: CompiledRoute, user: SecureWsUser, session: SessionBase, done: (admission: Admission) => void): void {
   const connectionId = `c${(++lastConnectionId).toString(36)}`
   const limitKey = route.limitScope + user.id
-  let acquired: boolean
-  try {
-    acquired = await route.store.acquireSlot(limitKey, connectionId, route.limits.connectionsPerUser)
-  } catch (err) {
+  const unavailable = (err: unknown): void => {
     request.log.error({ err, userId: user.id }, 'store unavailable while taking a connection slot')
-    return refuse('storeUnavailable', user.id)
+    done(refuse('storeUnavailable', user.id))
   }
-  if (!acquired) return refuse('tooManyConnections', user.id)
-
-  let released = false
-  const release = (): void => {
-    if (released) return
-    released = true
-    route.store.releaseSlot(limitKey, connectionId).catch((err: unknown) => {
-      request.log.error({ err, userId: user.id, connectionId }, 'store failed to release a connection slot')
-    })
+  let acquired: boolean | Promise<boolean>
+  try {
+    acquired = route.store.acquireSlot(limitKey, connectionId, route.limits.connectionsPerUser)
+  } catch (err) {
+    return unavailable(err)
   }
-  return { admitted: true, connectionId, user, session, limitKey, release }
+  then(acquired, (ok) => {
+    if (!ok) return done(refuse('tooManyConnections', user.id))
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      const result = route.store.releaseSlot(limitKey, connectionId)
+      if (isThenable(result)) {
+        result.then(undefined, (err: unknown) => {
+          request.log.error({ err, userId: user.id, connectionId }, 'store failed to release a connection slot')
+        })
+      }
+    }
+    done({ admitted: true, connectionId, user, session, limitKey, release })
+  }, unavailable)
 }

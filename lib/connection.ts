@@ -1,18 +1,11 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
+import { isThenable } from './admission.js'
 import type { CloseKind } from './close-codes.js'
 import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope, type CompiledMessage, type SecureWsConnection, type SessionBase } from './messages.js'
 import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
 import type { Registry } from './registry.js'
-
-// Handlers may return any promise-like, not only native promises.
-function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return typeof (value as PromiseLike<unknown> | null)?.then === 'function'
-}
-
-// setTimeout fires at once for delays above 2^31-1 ms; longer expiries re-arm in steps.
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 export interface ConnectionInit {
   id: string
@@ -35,12 +28,12 @@ export class Connection implements SecureWsConnection {
   readonly params: Readonly<Record<string, string>>
   readonly log: FastifyBaseLogger
   readonly route: CompiledRoute
-  readonly topics = new Set<string>()
+  /** Topics subscribed to; created on the first subscription, as most connections have none. */
+  topics: Set<string> | undefined
   readonly #socket: WebSocket
   readonly #registry: Registry
   readonly #limitKey: string
   readonly #release: () => void
-  #expiryTimer: NodeJS.Timeout | undefined
   #closing = false
   #ended = false
 
@@ -56,11 +49,12 @@ export class Connection implements SecureWsConnection {
     this.#limitKey = init.limitKey
     this.#release = init.release
     // Listeners attach in the same tick as the upgrade, so a message sent right after
-    // `open` is never missed.
+    // `open` is never missed. `#onClose` acts once, so a plain `on` does (and costs less).
     socket.on('message', this.#onMessage)
-    socket.once('close', this.#onClose)
+    socket.on('close', this.#onClose)
     registry.add(this)
-    this.#armExpiry()
+    const expiresAt = this.user.expiresAt
+    if (expiresAt !== undefined && expiresAt <= Date.now()) this.closeFor('tokenExpired')
   }
 
   send (type: string, body: unknown): boolean {
@@ -89,7 +83,7 @@ export class Connection implements SecureWsConnection {
   }
 
   isSubscribed (topic: string): boolean {
-    return this.topics.has(topic)
+    return this.topics?.has(topic) === true
   }
 
   close (code = 1000, reason = ''): void {
@@ -116,24 +110,6 @@ export class Connection implements SecureWsConnection {
   terminate (): void {
     this.#closing = true
     this.#socket.terminate()
-  }
-
-  get hasExpiryTimer (): boolean {
-    return this.#expiryTimer !== undefined
-  }
-
-  #armExpiry (): void {
-    const expiresAt = this.user.expiresAt
-    if (expiresAt === undefined) return
-    const delay = expiresAt - Date.now()
-    if (delay <= 0) {
-      this.closeFor('tokenExpired')
-      return
-    }
-    this.#expiryTimer = setTimeout(() => {
-      this.#expiryTimer = undefined
-      this.#armExpiry()
-    }, Math.min(delay, MAX_TIMER_MS))
   }
 
   readonly #onMessage = (data: RawData, isBinary: boolean): void => {
@@ -220,8 +196,6 @@ export class Connection implements SecureWsConnection {
     if (this.#ended) return
     this.#ended = true
     this.#closing = true
-    clearTimeout(this.#expiryTimer)
-    this.#expiryTimer = undefined
     this.#socket.removeListener('message', this.#onMessage)
     this.#registry.remove(this)
     this.#release()

@@ -154,9 +154,13 @@ function hasUnconstrainedValue (schema: unknown, writesValue = true): boolean {
 }
 
 function compileSerializer (type: string, schema: TObject): OutboundSerializer {
-  const body = fastJson(schema)
   // The type is known here, so write it once as a prefix rather than copy every body to add it.
   const prefix = '{"type":' + JSON.stringify(type)
+  if (Object.keys(schema.properties ?? {}).length === 0) {
+    const frame = prefix + '}'
+    return () => frame
+  }
+  const body = fastJson(schema)
   return (value) => {
     const json = body(value)
     return json.length === 2 ? prefix + '}' : prefix + ',' + json.slice(1)
@@ -213,7 +217,11 @@ export interface Envelope {
 export function parseEnvelope (data: Buffer): Envelope | string {
   let value: unknown
   try {
-    value = secureJson.parse(data, null, { protoAction: 'error', constructorAction: 'error' })
+    // A poisoning key can only be spelled literally or through a \u escape; a frame without
+    // either needs no scan after parsing.
+    value = data.indexOf('__proto__') === -1 && data.indexOf('constructor') === -1 && data.indexOf('\\u') === -1
+      ? JSON.parse(data.toString())
+      : secureJson.parse(data, null, { protoAction: 'error', constructorAction: 'error' })
   } catch (err) {
     // secure-json-parse throws SyntaxError for both; only the poisoning one names the key.
     return (err as Error).message.includes('prototype') ? ERROR_MESSAGES.forbiddenKey : ERROR_MESSAGES.invalidJson

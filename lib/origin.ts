@@ -27,6 +27,8 @@ export function createOriginCheck (allowlist: readonly string[], allowMissingOri
   const allowed = new Set(allowlist)
   return function isOriginAllowed (header) {
     if (header === undefined || header === '') return allowMissingOrigin
+    // Allowlist entries are canonical origins, so an exact hit needs no parsing.
+    if (allowed.has(header)) return true
     const origin = parseOrigin(header)
     return origin !== null && allowed.has(origin)
   }

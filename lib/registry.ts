@@ -10,11 +10,14 @@ export interface SecureWsStats {
   users: Record<string, number>
   /** Topics with at least one subscriber in this process. */
   topics: number
-  /** Connection expiry timers running. */
+  /** Connections whose credential expiry is being watched (by one shared timer). */
   timers: number
   /** The store's own holdings. */
   store: StoreStats
 }
+
+/** How often expiring connections are checked; a token is honoured at most this long past `exp`. */
+const EXPIRY_CHECK_MS = 250
 
 function addTo<K, V> (map: Map<K, Set<V>>, key: K, value: V): void {
   let set = map.get(key)
@@ -37,7 +40,10 @@ export class Registry {
   readonly #connections = new Set<Connection>()
   readonly #byUser = new Map<string, Set<Connection>>()
   readonly #byTopic = new Map<string, Set<Connection>>()
+  /** Connections whose user has an `expiresAt`; one timer checks them all. */
+  readonly #expiring = new Set<Connection>()
   readonly #store: SecureWsStore
+  #expiryTimer: NodeJS.Timeout | undefined
   #onEmpty: (() => void) | undefined
   closing = false
 
@@ -48,24 +54,53 @@ export class Registry {
   add (connection: Connection): void {
     this.#connections.add(connection)
     addTo(this.#byUser, connection.user.id, connection)
+    if (connection.user.expiresAt !== undefined) {
+      this.#expiring.add(connection)
+      this.#watchExpiry()
+    }
   }
 
   remove (connection: Connection): void {
     this.#connections.delete(connection)
     removeFrom(this.#byUser, connection.user.id, connection)
-    for (const topic of connection.topics) removeFrom(this.#byTopic, topic, connection)
-    connection.topics.clear()
+    if (this.#expiring.delete(connection) && this.#expiring.size === 0) this.#stopExpiryWatch()
+    if (connection.topics !== undefined) {
+      for (const topic of connection.topics) removeFrom(this.#byTopic, topic, connection)
+      connection.topics = undefined
+    }
     if (this.#connections.size === 0) this.#onEmpty?.()
   }
 
   subscribe (connection: Connection, topic: string): void {
-    connection.topics.add(topic)
+    (connection.topics ??= new Set()).add(topic)
     addTo(this.#byTopic, topic, connection)
   }
 
   unsubscribe (connection: Connection, topic: string): void {
-    connection.topics.delete(topic)
+    connection.topics?.delete(topic)
     removeFrom(this.#byTopic, topic, connection)
+  }
+
+  // One timer for every expiring connection rather than one each: a per-connection timer
+  // costs memory and set-up time on every upgrade; closing up to a tick late is harmless.
+  #watchExpiry (): void {
+    if (this.#expiryTimer !== undefined) return
+    this.#expiryTimer = setInterval(() => {
+      const now = Date.now()
+      for (const connection of this.#expiring) {
+        if (connection.user.expiresAt! <= now) {
+          this.#expiring.delete(connection)
+          connection.closeFor('tokenExpired')
+        }
+      }
+      if (this.#expiring.size === 0) this.#stopExpiryWatch()
+    }, EXPIRY_CHECK_MS)
+    this.#expiryTimer.unref()
+  }
+
+  #stopExpiryWatch (): void {
+    clearInterval(this.#expiryTimer)
+    this.#expiryTimer = undefined
   }
 
   /** Sends `type` to every subscriber of `topic` here; returns how many got it. */
@@ -118,9 +153,7 @@ export class Registry {
 
   stats (): SecureWsStats {
     const users: Record<string, number> = {}
-    let timers = 0
     for (const [id, set] of this.#byUser) users[id] = set.size
-    for (const connection of this.#connections) if (connection.hasExpiryTimer) timers++
-    return { connections: this.#connections.size, users, topics: this.#byTopic.size, timers, store: this.#store.stats() }
+    return { connections: this.#connections.size, users, topics: this.#byTopic.size, timers: this.#expiring.size, store: this.#store.stats() }
   }
 }

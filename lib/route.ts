@@ -80,30 +80,39 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   const route = compileRoute(def, joinUrl(instance.prefix, typeof def?.url === 'string' ? def.url : ''), options)
   const admissions = new WeakMap<FastifyRequest, Admission>()
 
-  async function admitUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  // Callback style: Fastify then awaits no promise for an upgrade that admission decides at once.
+  function admitUpgrade (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
     // A plain HTTP request to the route falls through to @fastify/websocket's 404.
-    if (!request.ws) return
+    if (!request.ws) return done()
     ;(request.raw as unknown as Record<symbol, boolean>)[kSecuredUpgrade] = true
-    const admission = registry.closing ? { admitted: false as const, kind: 'shuttingDown' as const } : await admit(request, route)
+    if (registry.closing) return decided(request, reply, done, { admitted: false, kind: 'shuttingDown' })
+    admit(request, route, (admission) => decided(request, reply, done, admission))
+  }
+
+  function decided (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, admission: Admission): void {
     if (!admission.admitted) {
       request.log.warn({ refusal: admission.kind, userId: admission.userId, ip: request.ip }, 'websocket connection refused')
       if (options.rejectWith === 'http') {
         const { status, reason } = route.closeReasons[admission.kind]
-        return reply.code(status).send({ statusCode: status, code: admission.kind, message: reason })
+        reply.code(status).send({ statusCode: status, code: admission.kind, message: reason })
+        return
       }
-    } else if (request.raw.socket?.destroyed === true) {
-      // The client left while we were checking; nobody will ever close this connection.
-      admission.release()
-      return
     } else {
+      const socket = request.raw.socket
+      if (socket?.destroyed === true) {
+        // The client left while we were checking; nobody will ever close this connection.
+        admission.release()
+        return done()
+      }
       // Ties the slot to the TCP socket, so a handshake that never completes frees it too.
       // 'finish' comes when the server has ended its side after the close handshake, before
       // the client can see its own 'close' event; a client that reconnects at once finds
-      // the slot free.
-      request.raw.socket?.once('finish', admission.release)
-      request.raw.socket?.once('close', admission.release)
+      // the slot free. `release` acts once, so plain `on` listeners do (and cost less).
+      socket?.on('finish', admission.release)
+      socket?.on('close', admission.release)
     }
     admissions.set(request, admission)
+    done()
   }
 
   function onUpgraded (socket: WebSocket, request: FastifyRequest): void {

@@ -15,7 +15,7 @@ const ALGORITHMS: readonly Algorithm[] = ['HS256', 'HS384', 'HS512', 'RS256', 'R
 
 /** fast-jwt's `clockTolerance` is in ms; more than a few seconds turns expiry into a suggestion. */
 export const MAX_CLOCK_TOLERANCE_MS = 5000
-const DEFAULT_CACHE_SIZE = 1000
+const DEFAULT_CACHE_SIZE = 10_000
 
 export interface JwtClaims {
   sub?: unknown
@@ -37,7 +37,7 @@ export interface JwtOptions {
   audience?: string | readonly string[]
   /** Allowed clock skew for `exp`, `nbf` and `iat`, in ms, at most 5000. @default 0 */
   clockToleranceMs?: number
-  /** Verified tokens kept to skip re-verification on reconnect; 0 turns the cache off. @default 1000 */
+  /** Verified tokens kept to skip re-verification on reconnect; 0 turns the cache off. @default 10000 */
   cacheSize?: number
   /**
    * Maps verified claims to the user; return null to refuse. The default takes `sub` as the
@@ -84,7 +84,10 @@ export function readToken (request: FastifyRequest): string | undefined {
 
 function scopesOf (claims: JwtClaims): string[] {
   const scope = claims.scope
-  if (typeof scope === 'string') return scope.split(' ').filter((s) => s !== '')
+  if (typeof scope === 'string') {
+    const scopes = scope.split(' ')
+    return scopes.includes('') ? scopes.filter((s) => s !== '') : scopes
+  }
   if (Array.isArray(scope)) return scope.filter((s): s is string => typeof s === 'string')
   return []
 }
@@ -125,13 +128,24 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
       allowedIss: jwt.issuer as string | string[] | undefined,
       allowedAud: jwt.audience as string | string[] | undefined,
       clockTolerance: tolerance,
-      cache: cacheSize === 0 ? false : cacheSize
+      // Cached below, by the whole token: fast-jwt's own cache hashes each token twice.
+      cache: false
     }) as (token: string) => JwtClaims
   } catch {
     fail('jwt.key does not fit jwt.algorithms')
   }
 
+  // Verified tokens, oldest first. A hit needs only the expiry re-checked: `nbf` and `iat`
+  // held when the token was verified, and time only moves on.
+  const verified = new Map<string, { user: SecureWsUser, expiresAt: number }>()
+
   return function verifyJwt (token) {
+    const cached = verified.get(token)
+    if (cached !== undefined) {
+      if (Date.now() <= cached.expiresAt) return cached.user
+      verified.delete(token)
+      return null
+    }
     let claims: JwtClaims
     try {
       claims = verify(token)
@@ -140,8 +154,14 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
     }
     // fast-jwt checks `iat` only together with maxAge; a token issued in the future is forged or skewed.
     if (claims.iat !== undefined && (typeof claims.iat !== 'number' || claims.iat * 1000 > Date.now() + tolerance)) return null
-    const user = toUser(claims)
-    if (user === null || user === undefined) return null
-    return user.expiresAt === undefined ? { ...user, expiresAt: (claims.exp as number) * 1000 } : user
+    const mapped = toUser(claims)
+    if (mapped === null || mapped === undefined) return null
+    // One user object may now serve many connections, so none of them can change it.
+    const user = Object.freeze({ ...mapped, scopes: Object.freeze([...mapped.scopes]), expiresAt: mapped.expiresAt ?? (claims.exp as number) * 1000 })
+    if (cacheSize > 0) {
+      if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!)
+      verified.set(token, { user, expiresAt: (claims.exp as number) * 1000 + tolerance })
+    }
+    return user
   }
 }

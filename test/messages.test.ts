@@ -96,7 +96,10 @@ t.test('prototype pollution attempts are refused and pollute nothing', async (t)
     '{"type":"echo","__proto__":{"polluted":true},"payload":{"text":"x"}}',
     '{"type":"echo","payload":{"text":"x","__proto__":{"polluted":true}}}',
     '{"type":"echo","constructor":{"prototype":{"polluted":true}},"payload":{"text":"x"}}',
-    '{"type":"echo","payload":{"text":"x","constructor":{"prototype":{"polluted":true}}}}'
+    '{"type":"echo","payload":{"text":"x","constructor":{"prototype":{"polluted":true}}}}',
+    // The same keys spelled with \u escapes, which a literal search for them would miss.
+    '{"type":"echo","\\u005f_proto__":{"polluted":true},"payload":{"text":"x"}}',
+    '{"type":"echo","payload":{"text":"x","\\u0063onstructor":{"prototype":{"polluted":true}}}}'
   ]
   for (const frame of attempts) {
     c.send(frame)

@@ -354,3 +354,36 @@ t.test('no log line contains the token', async (t) => {
   }
   t.notOk(logs.some((line) => line.includes('token=')), 'no log line contains a token= query parameter')
 })
+
+t.test('a verified token kept in the cache is still refused once it expires', async (t) => {
+  const { url } = await build(t)
+  const token = sign('alice', { exp: nowS() + 2 })
+  const first = await connect(url('/ws/alice-1'), { token })
+  t.ok(await first.admitted(), 'admitted while valid (and now cached)')
+  await first.close()
+  const again = await connect(url('/ws/alice-1'), { token })
+  t.ok(await again.admitted(), 'the cached token admits a reconnect while valid')
+  t.same(await closeOf(again, 8000), INVALID_TOKEN, 'closed when it expires')
+  const late = await connect(url('/ws/alice-1'), { token })
+  t.same(await closeOf(late), INVALID_TOKEN, 'the same token is refused after its exp, cache or not')
+})
+
+t.test('the cached user cannot be changed by one connection for the next', async (t) => {
+  const { url } = await build(t, {
+    route: {
+      messages: {
+        tamper: { handler: (conn) => { (conn.user.scopes as string[]).push('admin') } },
+        admin: { scopes: ['admin'], handler: (conn) => { conn.send('pong', {}) } }
+      }
+    }
+  })
+  const token = sign('alice', { scope: 'read' })
+  const first = await connect(url('/ws/alice-1'), { token })
+  first.send({ type: 'tamper' })
+  t.same(await first.next(), { type: 'error', message: 'Internal server error' }, 'the frozen scopes refuse the change')
+  const second = await connect(url('/ws/alice-1'), { token })
+  second.send({ type: 'admin' })
+  t.same(await second.next(), { type: 'error', message: 'Forbidden' }, 'the next connection with the same token has the original scopes')
+  await first.close()
+  await second.close()
+})

@@ -29,7 +29,7 @@ export class MemoryStore implements SecureWsStore {
     }
   }
 
-  async acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean> {
+  acquireSlot (key: string, connectionId: string, limit: number): boolean {
     // Check and add run in one synchronous step, so concurrent upgrades cannot both pass.
     let held = this.#slots.get(key)
     if (held === undefined) {
@@ -41,7 +41,7 @@ export class MemoryStore implements SecureWsStore {
     return true
   }
 
-  async releaseSlot (key: string, connectionId: string): Promise<void> {
+  releaseSlot (key: string, connectionId: string): void {
     const held = this.#slots.get(key)
     if (held === undefined) return
     held.delete(connectionId)

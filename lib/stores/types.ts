@@ -26,19 +26,20 @@ export interface StoreContext {
 
 /**
  * Where connection slots and message counts live. The in-memory store serves one process;
- * the Redis store shares one set of limits between instances. Slot calls are async because
+ * the Redis store shares one set of limits between instances. Slot calls may be async because
  * they may cross the network once per connection; the message check is synchronous by
  * design, so the per-message path never waits on I/O.
  */
 export interface SecureWsStore {
   /**
    * Takes a slot for `connectionId` under `key` when fewer than `limit` are held, atomically
-   * with respect to every other caller sharing the store. Resolves false when full; rejects
-   * when the backend cannot be reached (admission then refuses with `storeUnavailable`).
+   * with respect to every other caller sharing the store. Returns (or resolves) false when
+   * full; throws or rejects when the backend cannot be reached (admission then refuses with
+   * `storeUnavailable`). A store that answers from memory returns synchronously.
    */
-  acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean>
-  /** Frees the slot. Called exactly once per acquired slot; must not reject. */
-  releaseSlot (key: string, connectionId: string): Promise<void>
+  acquireSlot (key: string, connectionId: string, limit: number): boolean | Promise<boolean>
+  /** Frees the slot. Called exactly once per acquired slot; a rejection is logged. */
+  releaseSlot (key: string, connectionId: string): void | Promise<void>
   /** Counts one inbound message for `key`; false when either window is already full. */
   consumeMessage (key: string, limits: RateLimits): boolean
   /** Called once at registration; a shared store starts listening for broadcasts here. */

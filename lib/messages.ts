@@ -217,11 +217,7 @@ export interface Envelope {
 export function parseEnvelope (data: Buffer): Envelope | string {
   let value: unknown
   try {
-    // A poisoning key can only be spelled literally or through a \u escape; a frame without
-    // either needs no scan after parsing.
-    value = data.indexOf('__proto__') === -1 && data.indexOf('constructor') === -1 && data.indexOf('\\u') === -1
-      ? JSON.parse(data.toString())
-      : secureJson.parse(data, null, { protoAction: 'error', constructorAction: 'error' })
+    value = secureJson.parse(data, null, { protoAction: 'error', constructorAction: 'error' })
   } catch (err) {
     // secure-json-parse throws SyntaxError for both; only the poisoning one names the key.
     return (err as Error).message.includes('prototype') ? ERROR_MESSAGES.forbiddenKey : ERROR_MESSAGES.invalidJson

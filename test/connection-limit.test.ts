@@ -3,20 +3,7 @@ import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import t from 'tap'
 import { DEFAULT_LIMITS } from '../lib/index.js'
-import { Client, type Closed, ORIGIN, SESSIONS, build, connect, eventually, sign } from './helpers.js'
-
-/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
-async function closeOf (c: Client, ms = 5000): Promise<Closed> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([c.closed, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+import { Client, type Closed, ORIGIN, SESSIONS, build, connect, eventually, sign, closeOf } from './helpers.js'
 
 const TOO_MANY = { code: 1008, reason: 'Too many connections' }
 

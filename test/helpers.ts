@@ -181,6 +181,19 @@ export class Client {
   }
 }
 
+/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
+export async function closeOf (c: Client, ms = 5000): Promise<Closed> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([c.closed, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** Opens a client and waits for the outcome of its handshake. */
 export async function connect (url: string, options: ConstructorParameters<typeof Client>[1] = {}): Promise<Client> {
   const client = new Client(url, options)

@@ -1,18 +1,5 @@
 import t from 'tap'
-import { Client, type Closed, ORIGIN, build, connect, sign } from './helpers.js'
-
-/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
-async function closeOf (c: Client, ms = 5000): Promise<Closed> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([c.closed, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+import { ORIGIN, build, connect, sign, closeOf } from './helpers.js'
 
 const ORIGIN_REFUSED = { code: 1008, reason: 'Origin not allowed' }
 

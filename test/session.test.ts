@@ -1,19 +1,6 @@
 import t from 'tap'
 import type { MessageDefinition } from '../lib/index.js'
-import { Client, type Closed, SESSIONS, type Session, build, connect, sign, testRoute } from './helpers.js'
-
-/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
-async function closeOf (c: Client, ms = 5000): Promise<Closed> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([c.closed, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+import { Client, SESSIONS, type Session, build, connect, sign, testRoute, closeOf } from './helpers.js'
 
 const ACCESS_DENIED = { code: 1008, reason: 'Access denied' }
 const INTERNAL_ERROR = { code: 1011, reason: 'Internal server error' }

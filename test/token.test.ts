@@ -4,20 +4,7 @@ import t from 'tap'
 import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
 import type { MessageDefinition, SecureWsUser } from '../lib/index.js'
-import { Client, type Closed, SECRET, type Session, build, connect, eventually, sign, testRoute } from './helpers.js'
-
-/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
-async function closeOf (c: Client, ms = 5000): Promise<Closed> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([c.closed, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+import { Client, SECRET, type Session, build, connect, eventually, sign, testRoute, closeOf } from './helpers.js'
 
 const INVALID_TOKEN = { code: 4401, reason: 'Invalid or expired authentication token' }
 

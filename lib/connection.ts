@@ -18,8 +18,8 @@ export interface ConnectionInit {
 }
 
 /**
- * One admitted connection: owns its listeners, its expiry timer and its slot, and lets go of
- * all of them exactly once when the socket closes.
+ * One admitted connection: owns its listeners, its entries in the registry (user, topics,
+ * expiry watch) and its slot, and lets go of all of them exactly once when the socket closes.
  */
 export class Connection implements SecureWsConnection {
   readonly id: string

@@ -1,14 +1,55 @@
+/** What a rate limit window offers: how many events the last window holds, and one more. */
+export interface RateWindow {
+  /** Events counted over the span that covers the last window ending at `now`. */
+  count (now: number): number
+  /** Counts one event at `now`; call `count` first so the window is current. */
+  record (now: number): void
+}
+
 /**
- * Sliding-window counters for message rate limits.
- *
- * A window of `windowMs` is split into fixed buckets, and one bucket more is kept than the
- * window needs, so the counted span always covers the last `windowMs` in full. That makes
- * the check conservative: no span of `windowMs` ever holds more than the limit (unlike a
- * fixed window, which lets a client burst twice across a boundary, or GCRA, which lets a
- * drained bucket refill mid-window). It may refuse up to one bucket early. Memory and time
- * per check are constant whatever the limit.
+ * The exact window: the times of the last `limit` accepted events in a ring, so a check is
+ * "did fewer than `limit` happen in [now - windowMs, now]". No span of `windowMs` ever holds
+ * more than the limit, and nothing is refused early. Time is constant per check (expired
+ * events leave from the front); memory is one number per allowed event, so it serves limits
+ * up to `EXACT_LIMIT_MAX`.
  */
-export class SlidingWindowCounter {
+export class SlidingLog implements RateWindow {
+  readonly #times: Float64Array
+  readonly #windowMs: number
+  #head = 0
+  #size = 0
+
+  constructor (windowMs: number, capacity: number) {
+    this.#windowMs = windowMs
+    this.#times = new Float64Array(capacity)
+  }
+
+  count (now: number): number {
+    // A closed window: two events exactly `windowMs` apart are within one window.
+    const oldest = now - this.#windowMs
+    while (this.#size > 0 && this.#times[this.#head]! < oldest) {
+      this.#head = (this.#head + 1) % this.#times.length
+      this.#size--
+    }
+    return this.#size
+  }
+
+  record (now: number): void {
+    // The caller only records when count() was below the limit, so the ring has room.
+    this.#times[(this.#head + this.#size) % this.#times.length] = now
+    this.#size++
+  }
+}
+
+/**
+ * The bucketed window, for limits too large to log every event: `windowMs` is split into
+ * fixed buckets, and one bucket more is kept than the window needs, so the counted span
+ * always covers the last `windowMs` in full. That keeps the check conservative (no span of
+ * `windowMs` ever holds more than the limit, unlike a fixed window, which lets a client burst
+ * twice across a boundary, or GCRA, which lets a drained bucket refill mid-window); it may
+ * refuse up to one bucket early. Memory and time per check are constant whatever the limit.
+ */
+export class SlidingWindowCounter implements RateWindow {
   readonly #counts: Uint32Array
   readonly #bucketMs: number
   #tick = Number.NEGATIVE_INFINITY
@@ -19,13 +60,16 @@ export class SlidingWindowCounter {
     this.#counts = new Uint32Array(buckets + 1)
   }
 
-  /** Events counted over the span that covers the last window ending at `now`. */
   count (now: number): number {
     this.#advance(now)
     return this.#total
   }
 
-  /** Counts `n` events at `now`; call `count` first so the buckets are current. */
+  record (): void {
+    this.add(1)
+  }
+
+  /** Counts `n` events at the current bucket; call `count` first so the buckets are current. */
   add (n: number): void {
     this.#counts[this.#tick % this.#counts.length] += n
     this.#total += n
@@ -52,9 +96,16 @@ export class SlidingWindowCounter {
 
 export const SECOND_MS = 1000
 export const MINUTE_MS = 60_000
-// 50 ms buckets for the second, 1 s buckets for the minute: an early refusal is at most that long.
+/** Limits up to this many events per window are checked exactly; larger ones by buckets. */
+export const EXACT_LIMIT_MAX = 128
+// Buckets for larger limits: 50 ms for the second, 1 s for the minute, an early refusal is
+// at most that long.
 const SECOND_BUCKETS = 20
 const MINUTE_BUCKETS = 60
+
+function windowFor (windowMs: number, buckets: number, limit: number): RateWindow {
+  return limit <= EXACT_LIMIT_MAX ? new SlidingLog(windowMs, limit) : new SlidingWindowCounter(windowMs, buckets)
+}
 
 /** Limits a rate counter enforces. */
 export interface RateLimits {
@@ -66,9 +117,15 @@ export interface RateLimits {
 
 /** One user's message counts over the one-second and sixty-second windows. */
 export class RateCounter {
-  readonly second = new SlidingWindowCounter(SECOND_MS, SECOND_BUCKETS)
-  readonly minute = new SlidingWindowCounter(MINUTE_MS, MINUTE_BUCKETS)
+  readonly second: RateWindow
+  readonly minute: RateWindow
   lastSeen = 0
+
+  /** The limits choose the kind of window; a counter serves one set of limits for its life. */
+  constructor (limits: RateLimits) {
+    this.second = windowFor(SECOND_MS, SECOND_BUCKETS, limits.messagesPerSecond)
+    this.minute = windowFor(MINUTE_MS, MINUTE_BUCKETS, limits.messagesPerMinute)
+  }
 
   /**
    * Counts one message at `now` if both windows have room, with `extraSecond` and
@@ -79,8 +136,8 @@ export class RateCounter {
     this.lastSeen = now
     if (this.second.count(now) + extraSecond >= limits.messagesPerSecond) return false
     if (this.minute.count(now) + extraMinute >= limits.messagesPerMinute) return false
-    this.second.add(1)
-    this.minute.add(1)
+    this.second.record(now)
+    this.minute.record(now)
     return true
   }
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { RateCounter, SlidingWindowCounter, MINUTE_MS, SECOND_MS } from '../lib/rate-window.js'
+import { EXACT_LIMIT_MAX, RateCounter, SlidingWindowCounter, MINUTE_MS, SECOND_MS } from '../lib/rate-window.js'
 import { build, connect, sign, type BuildOptions, type Client } from './helpers.js'
 
 const RATE_ERROR = { type: 'error', message: 'Rate limit exceeded. Connection closed.' }
@@ -114,13 +114,28 @@ function recent (accepted: number[], now: number, span: number): number {
   return accepted.filter((at) => at > now - span && at <= now).length
 }
 
+t.test('a client that keeps to the limit over every one-second window is never refused', async (t) => {
+  // One ping every 104 ms: at most 10 in any second, though 11 fall within 1050 ms, which a
+  // bucketed window (refusing up to one 50 ms bucket early) would close.
+  const url = await server(t)
+  const c = await open(t, url)
+  for (let i = 0; i < 25; i++) {
+    const sent = Date.now()
+    c.send({ type: 'ping' })
+    t.same(await c.next(), PONG, `ping ${i + 1} answered`)
+    await sleep(104 - (Date.now() - sent))
+  }
+})
+
 t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
-  t.test('never more than the limit within any one-second span (property, brute force)', async (t) => {
+  // Limits up to EXACT_LIMIT_MAX keep every event's time: never more than the limit in any
+  // closed span of the window, and never a refusal while that span has room.
+  t.test('never more than the limit within any one-second span, and no early refusal (property, brute force)', async (t) => {
     for (const seed of [1, 2, 3, 42, 2024]) {
       const next = random(seed)
       const limit = 1 + Math.floor(next() * 15)
-      const counter = new RateCounter()
       const limits = { messagesPerSecond: limit, messagesPerMinute: 1_000_000 }
+      const counter = new RateCounter(limits)
       const accepted: number[] = []
       let refusedWithRoom = 0
       let now = 1_700_000_000_000 + Math.floor(next() * 1000)
@@ -129,27 +144,46 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
         const r = next()
         now += r < 0.7 ? Math.floor(next() * 20) : r < 0.95 ? Math.floor(next() * 300) : 1000 + Math.floor(next() * 1500)
         if (counter.tryConsume(now, limits)) accepted.push(now)
-        // One bucket (50 ms) of slack is the documented price of the buckets: a refusal is
-        // only allowed when the last 1050 ms already hold the limit.
-        else if (recent(accepted, now, SECOND_MS + SECOND_MS / 20) < limit) refusedWithRoom++
+        else if (recent(accepted, now, SECOND_MS + 1) < limit) refusedWithRoom++
       }
       t.ok(busiestSpan(accepted, SECOND_MS) <= limit, `seed ${seed}: at most ${limit} in any span of 1000 ms (accepted ${accepted.length})`)
-      t.equal(refusedWithRoom, 0, `seed ${seed}: never refused while the window had room`)
+      t.equal(refusedWithRoom, 0, `seed ${seed}: never refused while the last second had room`)
       t.ok(accepted.length > limit, `seed ${seed}: the sequence exercised more than one window`)
     }
   })
 
+  // Larger limits use buckets: still never more than the limit in any span, at the price of
+  // refusing up to one bucket (50 ms) early.
+  t.test('limits above EXACT_LIMIT_MAX: never more than the limit in any one-second span (property, brute force)', async (t) => {
+    const next = random(11)
+    const limit = EXACT_LIMIT_MAX + 72
+    const limits = { messagesPerSecond: limit, messagesPerMinute: 1_000_000 }
+    const counter = new RateCounter(limits)
+    const accepted: number[] = []
+    let refusedWithRoom = 0
+    let now = 0
+    for (let i = 0; i < 20_000; i++) {
+      const r = next()
+      now += r < 0.9 ? Math.floor(next() * 4) : 1000 + Math.floor(next() * 1500)
+      if (counter.tryConsume(now, limits)) accepted.push(now)
+      else if (recent(accepted, now, SECOND_MS + SECOND_MS / 20) < limit) refusedWithRoom++
+    }
+    t.ok(busiestSpan(accepted, SECOND_MS) <= limit, `at most ${limit} in any span of 1000 ms (accepted ${accepted.length})`)
+    t.equal(refusedWithRoom, 0, 'never refused while the last 1050 ms had room')
+    t.ok(accepted.length > limit, 'more than one window exercised')
+  })
+
   t.test('never more than the limit within any one-minute span (property, brute force)', async (t) => {
     const next = random(7)
-    const counter = new RateCounter()
     const limits = { messagesPerSecond: 1_000_000, messagesPerMinute: 40 }
+    const counter = new RateCounter(limits)
     const accepted: number[] = []
     let refusedWithRoom = 0
     let now = 0
     for (let i = 0; i < 3000; i++) {
       now += Math.floor(next() * 400)
       if (counter.tryConsume(now, limits)) accepted.push(now)
-      else if (recent(accepted, now, MINUTE_MS + MINUTE_MS / 60) < limits.messagesPerMinute) refusedWithRoom++
+      else if (recent(accepted, now, MINUTE_MS + 1) < limits.messagesPerMinute) refusedWithRoom++
     }
     t.ok(busiestSpan(accepted, MINUTE_MS) <= limits.messagesPerMinute, `at most 40 in any span of 60 s (accepted ${accepted.length})`)
     t.equal(refusedWithRoom, 0, 'never refused while the window had room')
@@ -157,18 +191,18 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
   })
 
   t.test('accepts again once the window has passed', async (t) => {
-    const counter = new RateCounter()
     const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
+    const counter = new RateCounter(limits)
     for (let i = 0; i < 10; i++) t.equal(counter.tryConsume(5000 + i, limits), true, `event ${i + 1} accepted`)
     t.equal(counter.tryConsume(5010, limits), false, 'the 11th in the same second is refused')
     t.equal(counter.tryConsume(5999, limits), false, 'still refused within the second')
-    t.equal(counter.tryConsume(6009, limits), false, 'still refused a full second after the first event, as the 10th is within it')
-    t.equal(counter.tryConsume(5000 + SECOND_MS + SECOND_MS / 20 + 9, limits), true, 'accepted once the window and one bucket have passed')
+    t.equal(counter.tryConsume(6000, limits), false, 'still refused exactly one second after the first event')
+    t.equal(counter.tryConsume(6001, limits), true, 'accepted as soon as the first event has left the window')
   })
 
   t.test('a refused event counts in neither window', async (t) => {
-    const counter = new RateCounter()
     const limits = { messagesPerSecond: 2, messagesPerMinute: 5 }
+    const counter = new RateCounter(limits)
     t.equal(counter.tryConsume(0, limits), true)
     t.equal(counter.tryConsume(1, limits), true)
     for (let i = 0; i < 50; i++) t.equal(counter.tryConsume(2 + i, limits), false)
@@ -177,14 +211,15 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
   })
 
   t.test('the per-minute limit refuses even when the second has room', async (t) => {
-    const counter = new RateCounter()
     const limits = { messagesPerSecond: 10, messagesPerMinute: 3 }
+    const counter = new RateCounter(limits)
     t.equal(counter.tryConsume(0, limits), true)
     t.equal(counter.tryConsume(2000, limits), true)
     t.equal(counter.tryConsume(4000, limits), true)
     t.equal(counter.tryConsume(6000, limits), false)
     t.equal(counter.tryConsume(59_000, limits), false, 'still refused within the minute')
-    t.equal(counter.tryConsume(MINUTE_MS + MINUTE_MS / 60, limits), true, 'accepted once the first event left the window')
+    t.equal(counter.tryConsume(MINUTE_MS, limits), false, 'refused exactly one minute after the first event')
+    t.equal(counter.tryConsume(MINUTE_MS + 1, limits), true, 'accepted once the first event left the window')
   })
 
   t.test('SlidingWindowCounter counts what was added over the last window', async (t) => {
@@ -202,8 +237,9 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
   })
 
   t.test('isIdle reports a counter that can no longer affect a check', async (t) => {
-    const counter = new RateCounter()
-    counter.tryConsume(1000, { messagesPerSecond: 10, messagesPerMinute: 100 })
+    const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
+    const counter = new RateCounter(limits)
+    counter.tryConsume(1000, limits)
     t.equal(counter.isIdle(1000 + MINUTE_MS), false)
     t.equal(counter.isIdle(1000 + MINUTE_MS + MINUTE_MS / 60 + 1), true)
   })

@@ -51,7 +51,7 @@ export class MemoryStore implements SecureWsStore {
   consumeMessage (key: string, limits: RateLimits): boolean {
     let counter = this.#counters.get(key)
     if (counter === undefined) {
-      counter = new RateCounter()
+      counter = new RateCounter(limits)
       this.#counters.set(key, counter)
       this.#startSweeper()
     }

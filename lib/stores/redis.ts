@@ -89,12 +89,16 @@ interface ScriptedRedis extends Redis {
 
 /** One user's message counts: this instance's own, exact, and the others' as of the last sync. */
 class SharedRate {
-  readonly local = new RateCounter()
+  readonly local: RateCounter
   pending = new Map<number, number>()
   pendingCount = 0
   remoteSecond = 0
   remoteMinute = 0
   syncedAt = Number.NEGATIVE_INFINITY
+
+  constructor (limits: RateLimits) {
+    this.local = new RateCounter(limits)
+  }
 }
 
 function positiveInteger (name: string, value: unknown, fallback: number): number {
@@ -216,7 +220,7 @@ export class RedisStore implements SecureWsStore {
   consumeMessage (key: string, limits: RateLimits): boolean {
     let rate = this.#rates.get(key)
     if (rate === undefined) {
-      rate = new SharedRate()
+      rate = new SharedRate(limits)
       this.#rates.set(key, rate)
       this.#startSweeping()
     }

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
-import secureWs, { optionsFromEnv, redisStore, type SecureWsStore } from '../lib/index.js'
+import secureWs, { optionsFromEnv, redisStore, withoutQueryToken, type SecureWsStore } from '../lib/index.js'
 
 interface TradingSession {
   id: string
@@ -71,7 +71,13 @@ async function main (): Promise<void> {
   const store = createStore(process.env)
   const sessions = seedSessions()
 
-  const app = Fastify({ logger: { level: process.env.LOG_LEVEL || 'info' } })
+  const app = Fastify({
+    logger: { level: process.env.LOG_LEVEL || 'info' },
+    // The plugin keeps `?token=` out of the logs for WebSocket upgrades; this does the same for
+    // plain HTTP requests (a client that lost its Upgrade header, a mistyped URL), which only
+    // the app itself can rewrite.
+    rewriteUrl: (request) => withoutQueryToken(request.url ?? '/').url
+  })
   await app.register(secureWs, {
     origins: env.origins ?? [`http://localhost:${port}`, `http://127.0.0.1:${port}`],
     jwt: { key: secret, algorithms: ['HS256'], clockToleranceMs: 5000 },
@@ -84,19 +90,22 @@ async function main (): Promise<void> {
   const page = readFileSync(join(__dirname, 'page.html'), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
 
-  const signToken = createSigner({ key: secret, algorithm: 'HS256', expiresIn: TOKEN_LIFETIME_S * 1000 })
-  app.post('/demo/token', {
-    schema: {
-      body: Type.Object({
-        user: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
-        scope: Type.Optional(Type.String({ pattern: '^[a-z ]{0,64}$' }))
-      })
-    }
-  }, async (request, reply) => {
-    if (process.env.NODE_ENV === 'production') return reply.callNotFound()
-    const { user, scope } = request.body as { user: string, scope?: string }
-    return { token: signToken({ sub: user, ...(scope === undefined ? {} : { scope }) }) }
-  })
+  // The demo token route exists only outside production, so there it answers 404 like any
+  // unknown URL, whatever the body.
+  if (process.env.NODE_ENV !== 'production') {
+    const signToken = createSigner({ key: secret, algorithm: 'HS256', expiresIn: TOKEN_LIFETIME_S * 1000 })
+    app.post('/demo/token', {
+      schema: {
+        body: Type.Object({
+          user: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+          scope: Type.Optional(Type.String({ pattern: '^[a-z ]{0,64}$' }))
+        })
+      }
+    }, async (request) => {
+      const { user, scope } = request.body as { user: string, scope?: string }
+      return { token: signToken({ sub: user, ...(scope === undefined ? {} : { scope }) }) }
+    })
+  }
 
   app.secureWs.route({
     url: '/ws/sessions/:sessionId',

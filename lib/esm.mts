@@ -5,6 +5,7 @@ export default cjs.default
 export const {
   secureWs,
   optionsFromEnv,
+  withoutQueryToken,
   memoryStore,
   MemoryStore,
   redisStore,

@@ -149,6 +149,7 @@ const plugin = fp(secureWs, { fastify: '5.x', name: 'fastify-secure-ws' })
 export default plugin
 export { plugin as secureWs }
 export { optionsFromEnv, type EnvOptions } from './env.js'
+export { withoutQueryToken } from './token.js'
 export { memoryStore, MemoryStore, type MemoryStoreOptions } from './stores/memory.js'
 export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export type { SecureWsStore, StoreStats, RateLimits, BroadcastEvent, StoreContext } from './stores/types.js'

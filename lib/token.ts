@@ -47,23 +47,39 @@ export interface JwtOptions {
 }
 
 /**
+ * `url` without its `token` query parameter, and the token. A name spelled in any case or
+ * percent-encoded counts; if a token-like `token=` is still left inside another value (a
+ * second `?` puts it there), the whole query goes, since a URL that odd is no one's to keep.
+ * Other parameters are re-encoded, which keeps their meaning.
+ */
+export function withoutQueryToken (url: string): { url: string, token: string | undefined } {
+  const q = url.indexOf('?')
+  if (q === -1) return { url, token: undefined }
+  const params = new URLSearchParams(url.slice(q + 1))
+  let token: string | undefined
+  for (const name of [...params.keys()]) {
+    if (name.toLowerCase() !== 'token') continue
+    if (name === 'token' && token === undefined) token = params.get(name) ?? undefined
+    params.delete(name)
+  }
+  const rest = params.toString()
+  const path = url.slice(0, q)
+  if (/token(=|%3d)/i.test(rest)) return { url: path, token }
+  return { url: rest === '' ? path : `${path}?${rest}`, token }
+}
+
+/**
  * Cuts `token` out of the query string of an upgrade request before Fastify logs the URL,
  * and keeps it on the raw request for admission. Every upgrade is scrubbed, whatever its
  * path: a token sent to a mistyped URL must not reach the logs either.
  */
 export function takeQueryToken (req: IncomingMessage): void {
   const url = req.url
-  if (url === undefined) return
-  const q = url.indexOf('?')
-  if (q === -1 || !url.includes('token=', q)) return
-  const params = new URLSearchParams(url.slice(q + 1))
-  const token = params.get('token')
-  if (token === null) return
-  params.delete('token')
-  const rest = params.toString()
-  const path = url.slice(0, q)
-  ;(req as RequestWithToken)[kQueryToken] = token
-  req.url = rest === '' ? path : `${path}?${rest}`
+  if (url === undefined || !url.includes('?')) return
+  const scrubbed = withoutQueryToken(url)
+  if (scrubbed.url === url) return
+  req.url = scrubbed.url
+  if (scrubbed.token !== undefined) (req as RequestWithToken)[kQueryToken] = scrubbed.token
 }
 
 /** The token from `?token=` or from `Sec-WebSocket-Protocol: bearer, <token>`, if any. */

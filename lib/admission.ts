@@ -19,14 +19,16 @@ export interface Refused {
   readonly admitted: false
   readonly kind: CloseKind
   readonly userId?: string
+  /** What the app's callback threw, for the one log line of the refusal. */
+  readonly err?: unknown
 }
 
 export type Admission = Admitted | Refused
 
 let lastConnectionId = 0
 
-function refuse (kind: CloseKind, userId?: string): Refused {
-  return { admitted: false, kind, userId }
+function refuse (kind: CloseKind, userId?: string, err?: unknown): Refused {
+  return { admitted: false, kind, userId, err }
 }
 
 /** True for anything with a `then` method: async callbacks may return any promise-like. */
@@ -59,10 +61,7 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
   const token = readToken(request)
   if (token === undefined) return done(refuse('invalidToken'))
 
-  const tokenFailed = (err: unknown): void => {
-    request.log.error({ err }, 'verifyToken failed')
-    done(refuse('invalidToken'))
-  }
+  const tokenFailed = (err: unknown): void => done(refuse('invalidToken', undefined, err))
   let verified: ReturnType<CompiledRoute['verifyToken']>
   try {
     verified = route.verifyToken(token, request)
@@ -72,8 +71,7 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
   then(verified, (user) => {
     if (user === null || user === undefined) return done(refuse('invalidToken'))
     if (!isUser(user)) {
-      request.log.error('verifyToken returned a user without a non-empty string id and a scopes array')
-      return done(refuse('internalError'))
+      return done(refuse('internalError', undefined, new TypeError('verifyToken returned a user without a non-empty string id and a scopes array')))
     }
     if (user.expiresAt !== undefined && user.expiresAt <= Date.now()) return done(refuse('invalidToken', user.id))
     resolveSession(request, route, user, done)
@@ -81,10 +79,7 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
 }
 
 function resolveSession (request: FastifyRequest, route: CompiledRoute, user: SecureWsUser, done: (admission: Admission) => void): void {
-  const failed = (err: unknown): void => {
-    request.log.error({ err, userId: user.id }, 'resolveSession failed')
-    done(refuse('internalError', user.id))
-  }
+  const failed = (err: unknown): void => done(refuse('internalError', user.id, err))
   let resolved: ReturnType<CompiledRoute['resolveSession']>
   try {
     resolved = route.resolveSession({ request, user, params: request.params as Record<string, string> })
@@ -100,15 +95,13 @@ function resolveSession (request: FastifyRequest, route: CompiledRoute, user: Se
 function takeSlot (request: FastifyRequest, route: CompiledRoute, user: SecureWsUser, session: SessionBase, done: (admission: Admission) => void): void {
   const connectionId = `c${(++lastConnectionId).toString(36)}`
   const limitKey = route.limitScope + user.id
-  const unavailable = (err: unknown): void => {
-    request.log.error({ err, userId: user.id }, 'store unavailable while taking a connection slot')
-    done(refuse('storeUnavailable', user.id))
-  }
+  // The store logs an outage once; each refusal it causes is one line of its own.
+  const unavailable = (): void => done(refuse('storeUnavailable', user.id))
   let acquired: boolean | Promise<boolean>
   try {
     acquired = route.store.acquireSlot(limitKey, connectionId, route.limits.connectionsPerUser)
-  } catch (err) {
-    return unavailable(err)
+  } catch {
+    return unavailable()
   }
   then(acquired, (ok) => {
     if (!ok) return done(refuse('tooManyConnections', user.id))

@@ -98,12 +98,13 @@ export class Connection implements SecureWsConnection {
     }
   }
 
-  /** Closes with the code and reason configured for `kind`, logging once why. */
-  closeFor (kind: CloseKind): void {
+  /** Closes for `kind` with its configured code and reason, or the ones given; logs once why. */
+  closeFor (kind: CloseKind, code?: number, reason?: string): void {
     if (this.#closing) return
-    const { code, reason } = this.route.closeReasons[kind]
-    this.log.info({ close: kind, code, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
-    this.close(code, reason)
+    const configured = this.route.closeReasons[kind]
+    const closeCode = code ?? configured.code
+    this.log.info({ close: kind, code: closeCode, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
+    this.close(closeCode, code === undefined ? configured.reason : reason ?? '')
   }
 
   /** Ends the connection without a close handshake, for clients that ignore the close frame. */

@@ -127,10 +127,7 @@ export class Registry {
     const connections = this.#byUser.get(userId)
     if (connections === undefined) return 0
     const count = connections.size
-    for (const connection of [...connections]) {
-      if (code === undefined) connection.closeFor(kind)
-      else connection.close(code, reason)
-    }
+    for (const connection of [...connections]) connection.closeFor(kind, code, reason)
     return count
   }
 

@@ -91,7 +91,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
 
   function decided (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, admission: Admission): void {
     if (!admission.admitted) {
-      request.log.warn({ refusal: admission.kind, userId: admission.userId, ip: request.ip }, 'websocket connection refused')
+      request.log.warn({ refusal: admission.kind, userId: admission.userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
       if (options.rejectWith === 'http') {
         const { status, reason } = route.closeReasons[admission.kind]
         reply.code(status).send({ statusCode: status, code: admission.kind, message: reason })

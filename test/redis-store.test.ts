@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
 import { build, connect, eventually, sign, type Built, type Client } from './helpers.js'
 import { RedisServer, freePort, requireRedis } from './redis-server.js'
@@ -132,6 +133,7 @@ if (requireRedis(t)) {
     }
     t.equal(a!.logs.filter((line) => line.includes('redis store unreachable')).length, 1, 'one log line for the outage')
     t.equal(a!.logs.filter((line) => line.includes('"refusal":"storeUnavailable"')).length, 3, 'one refusal line per refused connection')
+    t.equal(a!.logs.filter((line) => line.includes('"level":50')).length, 0, 'and no error line besides')
 
     // Local limits still apply during the outage: two pings so far, eight more pass, the eleventh closes.
     const answers: unknown[] = []
@@ -146,6 +148,23 @@ if (requireRedis(t)) {
     if (client !== undefined) t.same(await ping(client), { type: 'pong' })
     t.equal(a!.logs.filter((line) => line.includes('redis store reachable again')).length, 1)
     await client?.close()
+  })
+
+  t.test('a slot released while the store is cut off from Redis is freed once it is back, not when its lease runs out', async (t) => {
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const [a] = await instances(t, redis, 1, { commandTimeoutMs: 300 }, { limits: { connectionsPerUser: 1 } })
+    const first = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    t.ok(await first.admitted())
+    // A network cut that Redis survives with its data: drop the store's connections.
+    const admin = new Redis(redis.url)
+    t.teardown(() => admin.disconnect())
+    await admin.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes')
+    await first.close()
+    await eventually(() => a!.logs.some((line) => line.includes('redis store reachable again')), 5000)
+    const second = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    t.ok(await second.admitted(), 'the user can connect again at once, with the 30 s lease still running')
+    await second.close()
   })
 
   t.test('failOpen: while Redis is away, admit under this instance\'s own limits', async (t) => {

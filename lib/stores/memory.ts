@@ -1,3 +1,4 @@
+import { InvalidOptionError } from '../errors.js'
 import { RateCounter, type RateLimits } from '../rate-window.js'
 import type { SecureWsStore, StoreStats } from './types.js'
 
@@ -25,7 +26,7 @@ export class MemoryStore implements SecureWsStore {
     this.#now = options.now ?? Date.now
     this.#sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS
     if (!(Number.isInteger(this.#sweepIntervalMs) && this.#sweepIntervalMs > 0)) {
-      throw new TypeError('memoryStore: sweepIntervalMs must be a positive integer')
+      throw new InvalidOptionError('memoryStore: sweepIntervalMs must be a positive integer')
     }
   }
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
-import { StoreUnavailableError } from '../errors.js'
+import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
 import { MINUTE_MS, RateCounter, SECOND_MS, type RateLimits } from '../rate-window.js'
 import type { BroadcastEvent, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
@@ -103,7 +103,7 @@ class SharedRate {
 
 function positiveInteger (name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new TypeError(`redisStore: ${name} must be a positive integer`)
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new InvalidOptionError(`redisStore: ${name} must be a positive integer`)
   return value
 }
 
@@ -130,6 +130,8 @@ export class RedisStore implements SecureWsStore {
   readonly #held = new Map<string, Set<string>>()
   readonly #rates = new Map<string, SharedRate>()
   readonly #dirty = new Set<string>()
+  /** Slots released while Redis was unreachable, freed there once it is back. */
+  #releasedWhileAway: Array<[key: string, member: string]> = []
   #log: FastifyBaseLogger = SILENT_LOG
   #deliver: ((event: BroadcastEvent) => void) | undefined
   #available = false
@@ -143,11 +145,11 @@ export class RedisStore implements SecureWsStore {
   #lastStaleScan = 0
 
   constructor (options: RedisStoreOptions) {
-    if (typeof options !== 'object' || options === null) throw new TypeError('redisStore: options must be an object with client or url')
-    if ((options.client === undefined) === (options.url === undefined)) throw new TypeError('redisStore: give exactly one of client or url')
-    if (options.url !== undefined && typeof options.url !== 'string') throw new TypeError('redisStore: url must be a string')
-    if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new TypeError('redisStore: prefix must be a string')
-    if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new TypeError('redisStore: failOpen must be a boolean')
+    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client or url')
+    if ((options.client === undefined) === (options.url === undefined)) throw new InvalidOptionError('redisStore: give exactly one of client or url')
+    if (options.url !== undefined && typeof options.url !== 'string') throw new InvalidOptionError('redisStore: url must be a string')
+    if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new InvalidOptionError('redisStore: prefix must be a string')
+    if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new InvalidOptionError('redisStore: failOpen must be a boolean')
     this.#leaseMs = positiveInteger('leaseMs', options.leaseMs, DEFAULT_LEASE_MS)
     this.#syncIntervalMs = positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS)
     this.#commandTimeoutMs = positiveInteger('commandTimeoutMs', options.commandTimeoutMs, DEFAULT_COMMAND_TIMEOUT_MS)
@@ -197,6 +199,8 @@ export class RedisStore implements SecureWsStore {
     }
     let acquired: number
     try {
+      // Slots let go of while Redis did not answer must not count against this user now.
+      await this.#freeReleasedWhileAway()
       acquired = await this.#timed(this.#client.secureWsAcquire(this.#slotKey(key), limit, member, this.#leaseMs))
     } catch (err) {
       throw new StoreUnavailableError((err as Error).message)
@@ -212,9 +216,15 @@ export class RedisStore implements SecureWsStore {
     if (held === undefined || !held.delete(member)) return
     if (held.size === 0) this.#held.delete(key)
     if (this.#held.size === 0) this.#stopRenewing()
-    // While Redis is away the lease simply runs out; nothing else holds it.
-    if (!this.#available) return
-    await this.#timed(this.#client.zrem(this.#slotKey(key), member)).catch(() => {})
+    // While Redis is away, remember the release: if Redis kept its data, the lease would
+    // otherwise hold the user's slot until it runs out.
+    if (!this.#available) {
+      this.#releasedWhileAway.push([key, member])
+      return
+    }
+    await this.#timed(this.#client.zrem(this.#slotKey(key), member)).catch(() => {
+      this.#releasedWhileAway.push([key, member])
+    })
   }
 
   consumeMessage (key: string, limits: RateLimits): boolean {
@@ -327,8 +337,25 @@ export class RedisStore implements SecureWsStore {
     if (this.#everReady && this.#outageLogged) this.#log.info('fastify-secure-ws: redis store reachable again')
     this.#everReady = true
     this.#outageLogged = false
-    // Leases may have run out during the outage; put back what this instance still holds.
+    // Leases may have run out during the outage; put back what this instance still holds,
+    // and free what it let go of meanwhile.
     this.#renew()
+    this.#freeReleasedWhileAway().catch(() => {})
+  }
+
+  /** Frees in Redis the slots released while it did not answer; kept for later if it still does not. */
+  async #freeReleasedWhileAway (): Promise<void> {
+    const released = this.#releasedWhileAway
+    if (released.length === 0) return
+    this.#releasedWhileAway = []
+    const pipeline = this.#client.pipeline()
+    for (const [key, member] of released) pipeline.zrem(this.#slotKey(key), member)
+    try {
+      await this.#timed(pipeline.exec())
+    } catch (err) {
+      this.#releasedWhileAway.push(...released)
+      throw err
+    }
   }
 
   readonly #onDown = (err?: unknown): void => {

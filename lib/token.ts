@@ -173,7 +173,8 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
     const mapped = toUser(claims)
     if (mapped === null || mapped === undefined) return null
     // One user object may now serve many connections, so none of them can change it.
-    const user = Object.freeze({ ...mapped, scopes: Object.freeze([...mapped.scopes]), expiresAt: mapped.expiresAt ?? (claims.exp as number) * 1000 })
+    // The clock tolerance applies to `exp` on the open connection as it did at verification.
+    const user = Object.freeze({ ...mapped, scopes: Object.freeze([...mapped.scopes]), expiresAt: mapped.expiresAt ?? (claims.exp as number) * 1000 + tolerance })
     if (cacheSize > 0) {
       if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!)
       verified.set(token, { user, expiresAt: (claims.exp as number) * 1000 + tolerance })

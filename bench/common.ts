@@ -64,3 +64,25 @@ export function run (main: () => Promise<void>): void {
     process.exit(1)
   })
 }
+
+/**
+ * The app work every unsecured target does with a frame: parse JSON, dispatch on `type`,
+ * answer. Returns the reply, if any. Shared so that every target does exactly the same.
+ */
+export function answerPlainly (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): string | undefined {
+  if (isBinary) return undefined
+  let message: { type?: unknown, payload?: { text?: unknown } }
+  try {
+    message = JSON.parse(data.toString())
+  } catch {
+    return undefined
+  }
+  switch (message?.type) {
+    case 'ping':
+      return JSON.stringify({ type: 'pong' })
+    case 'say':
+      return JSON.stringify({ type: 'said', text: message.payload?.text })
+    default:
+      return undefined
+  }
+}

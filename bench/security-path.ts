@@ -20,7 +20,7 @@ import { Registry } from '../lib/registry.js'
 import { compileRoute } from '../lib/route.js'
 import { memoryStore } from '../lib/stores/memory.js'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from '../lib/messages.js'
-import { BENCH_ORIGIN } from './common.js'
+import { BENCH_ORIGIN, answerPlainly } from './common.js'
 
 const { values: args } = parseArgs({
   options: {
@@ -92,21 +92,8 @@ new Connection(securedSocket as unknown as WebSocket, route, registry, {
 // The plain path: what the baseline server does with a frame.
 const plainSocket = new FakeSocket()
 plainSocket.on('message', (data: Buffer, isBinary: boolean) => {
-  if (isBinary) return
-  let message: { type?: unknown, payload?: { text?: unknown } }
-  try {
-    message = JSON.parse(data.toString())
-  } catch {
-    return
-  }
-  switch (message?.type) {
-    case 'ping':
-      plainSocket.send(JSON.stringify({ type: 'pong' }))
-      break
-    case 'say':
-      plainSocket.send(JSON.stringify({ type: 'said', text: message.payload?.text }))
-      break
-  }
+  const reply = answerPlainly(data, isBinary)
+  if (reply !== undefined) plainSocket.send(reply)
 })
 
 const FRAMES = {

@@ -2,7 +2,7 @@
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import type { RawData } from 'ws'
-import { ROUTE, announceReady, readServerEnv, run } from '../common.js'
+import { ROUTE, announceReady, answerPlainly, readServerEnv, run } from '../common.js'
 
 run(async () => {
   const { port } = readServerEnv()
@@ -10,18 +10,8 @@ run(async () => {
   await app.register(websocket, { options: { maxPayload: 65536 } })
   app.get(ROUTE, { websocket: true }, (socket) => {
     socket.on('message', (data: RawData, isBinary: boolean) => {
-      if (isBinary) return
-      let message: { type?: unknown }
-      try {
-        message = JSON.parse(data.toString())
-      } catch {
-        return
-      }
-      switch (message?.type) {
-        case 'ping':
-          socket.send(JSON.stringify({ type: 'pong' }))
-          break
-      }
+      const reply = answerPlainly(data, isBinary)
+      if (reply !== undefined) socket.send(reply)
     })
   })
   await app.listen({ port, host: '127.0.0.1' })

@@ -3,19 +3,10 @@ import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import t from 'tap'
 import { DEFAULT_LIMITS } from '../lib/index.js'
-import { Client, type Closed, ORIGIN, SESSIONS, build, connect, eventually, sign, closeOf } from './helpers.js'
+import { Client, type Closed, ORIGIN, SESSIONS, build, connect, eventually, sign, closeOf, refusalLines } from './helpers.js'
 
 const TOO_MANY = { code: 1008, reason: 'Too many connections' }
 
-interface LogLine {
-  msg?: string
-  refusal?: string
-  userId?: string
-  ip?: string
-}
-
-const refusalLines = (logs: string[]): LogLine[] =>
-  logs.map((line) => JSON.parse(line) as LogLine).filter((line) => line.msg === 'websocket connection refused')
 
 /** Opens `count` admitted connections of `user` to its own session, one after the other. */
 async function openMany (url: string, user: string, count: number): Promise<Client[]> {

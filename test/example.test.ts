@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { createSigner } from 'fast-jwt'
 import WebSocket from 'ws'
+import { within } from './helpers.js'
 
 const ROOT = resolve(__dirname, '..')
 const SECRET = 'example-black-box-secret-0123456789abcdef'
@@ -178,7 +179,7 @@ class ExampleServer {
 
   /** Waits for the listening line; throws with the process's stderr if it never comes. */
   async started (): Promise<this> {
-    const ok = await withTimeout(this.ready, STARTUP_TIMEOUT_MS, `${this.name}: listening line`)
+    const ok = await within(this.ready, STARTUP_TIMEOUT_MS, `${this.name}: listening line`)
     if (!ok) throw new Error(`${this.name} ended before listening: ${this.stderr.join('\n')}`)
     return this
   }
@@ -192,17 +193,6 @@ async function logFlushed (server: ExampleServer): Promise<void> {
   for (let i = 0; i < 200 && !server.stdout.some((line) => line.includes(marker)); i++) await sleep(10)
 }
 
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 interface HttpAnswer {
   status: number
@@ -354,7 +344,7 @@ class Client {
     if (this.ws.readyState === WebSocket.CLOSED) return
     this.ws.close()
     try {
-      await withTimeout(this.closed, 2000, 'client close')
+      await within(this.closed, 2000, 'client close')
     } catch {
       this.ws.terminate()
     }
@@ -369,7 +359,7 @@ interface Teardown {
 async function connect (t: Teardown, url: string, options: ClientOptions): Promise<Client> {
   const client = new Client(url, options)
   t.teardown(() => client.end())
-  await withTimeout(client.opened, 10_000, `handshake with ${url.replace(/\?.*/, '')}`)
+  await within(client.opened, 10_000, `handshake with ${url.replace(/\?.*/, '')}`)
   return client
 }
 
@@ -406,7 +396,7 @@ const defaultOrigins = (server: ExampleServer): string[] => [`http://localhost:$
 // On two cores many processes starting at once starve each other, so they start in waves:
 // the second once the first listens (or has given up), the malformed ones after that.
 const listening = async (servers: Array<Promise<ExampleServer>>): Promise<void> => {
-  await Promise.all(servers.map(async (server) => await withTimeout((await server).ready, STARTUP_TIMEOUT_MS, 'start').catch(() => false)))
+  await Promise.all(servers.map(async (server) => await within((await server).ready, STARTUP_TIMEOUT_MS, 'start').catch(() => false)))
 }
 
 // Most checks: default connection, payload and origin settings; message rates raised so
@@ -460,7 +450,7 @@ async function minuteBoundaryScenario (): Promise<{ first: unknown[], after: Rec
   const server = await (await minuteServer).started()
   const client = new Client(server.ws('/ws/sessions/alice-1'), { origin: server.url, token: sign({ sub: 'alice' }) })
   try {
-    if (!await withTimeout(client.opened, 5000, 'minute scenario handshake')) throw new Error('minute scenario: handshake refused')
+    if (!await within(client.opened, 5000, 'minute scenario handshake')) throw new Error('minute scenario: handshake refused')
     const untilBoundary = (): number => 60_000 - (Date.now() % 60_000)
     // The five must land before the boundary and the sixth, 300 ms after it, less than 60 s after them.
     for (let i = 0; i < 20 && !(untilBoundary() >= 800 && untilBoundary() <= 59_000); i++) await sleep(200)
@@ -490,7 +480,7 @@ async function defaultMinuteScenario (): Promise<{ answers: unknown[], after: Re
   usedTokens.add(token)
   const client = new Client(server.ws('/ws/sessions/bob-1'), { origin: server.url, token })
   try {
-    if (!await withTimeout(client.opened, 5000, 'default per-minute handshake')) throw new Error('default per-minute: handshake refused')
+    if (!await within(client.opened, 5000, 'default per-minute handshake')) throw new Error('default per-minute: handshake refused')
     const answers: unknown[] = []
     for (let round = 0; round < 10; round++) {
       for (let i = 0; i < 10; i++) client.send({ type: 'ping' })
@@ -515,7 +505,7 @@ function inBackground<T> (scenario: () => Promise<T>): Promise<Outcome<T>> {
 }
 
 async function outcomeOf<T> (background: Promise<Outcome<T>>, ms: number, what: string): Promise<T> {
-  const outcome = await withTimeout(background, ms, what)
+  const outcome = await within(background, ms, what)
   if ('error' in outcome) throw outcome.error
   return outcome.result!
 }
@@ -644,7 +634,7 @@ t.test('limits: 20 simultaneous attempts by one user with the default limit of 5
   const url = server.ws('/ws/sessions/alice-1')
   const clients = Array.from({ length: 20 }, () => new Client(url, { origin: server.url, token: sign({ sub: 'alice' }) }))
   for (const client of clients) t.teardown(() => client.end())
-  const opened = await withTimeout(Promise.all(clients.map(async (client) => await client.opened)), 10_000, '20 handshakes')
+  const opened = await within(Promise.all(clients.map(async (client) => await client.opened)), 10_000, '20 handshakes')
   t.strictSame(opened, Array(20).fill(true), 'every upgrade completes')
   // An admitted client answers the ping; a refused one gets the close frame first.
   const outcomes = await Promise.all(clients.map(async (client) => await client.nextEventAfter({ type: 'ping' })))
@@ -765,7 +755,7 @@ t.test('logs: a ?token= sent to a URL that is no WebSocket route stays out of th
     const token = sign({ sub: 'alice' })
     // Refused with 404, or upgraded and closed at once by @fastify/websocket: no route takes it.
     const client = await connect(t, server.ws(path), { origin: server.url, token })
-    await withTimeout(client.closed, 10_000, `${path}: close`)
+    await within(client.closed, 10_000, `${path}: close`)
     await logFlushed(server)
     t.strictSame(linesWith(server, token), [], `${path}: no log line holds the token`)
   }
@@ -973,7 +963,7 @@ t.test('demo: with NODE_ENV=production POST /demo/token answers 404', async (t) 
 
 t.test('configuration: a malformed variable stops start-up with one stderr line naming it, exit code 1', async (t) => {
   const procs = await Promise.all(malformedServers)
-  const exits = await Promise.all(procs.map(async (server) => await withTimeout(server.finished, STARTUP_TIMEOUT_MS, server.name)))
+  const exits = await Promise.all(procs.map(async (server) => await within(server.finished, STARTUP_TIMEOUT_MS, server.name)))
   procs.forEach((server, i) => {
     const [name] = MALFORMED_ENV[i]!
     const lines = server.stderr.filter((line) => line.trim() !== '')
@@ -997,7 +987,7 @@ t.test('shutdown: SIGTERM closes every open WebSocket with 1001 and the process 
   ]
   t.strictSame(await clients[0]!.ask({ type: 'subscribe', payload: { channel: 'status' } }), { type: 'subscribed', channel: 'status' })
   server.child.kill('SIGTERM')
-  const exit = await withTimeout(server.exited, 5000, 'exit after SIGTERM')
+  const exit = await within(server.exited, 5000, 'exit after SIGTERM')
   t.strictSame(exit, { code: 0, signal: null })
   for (const client of clients) t.strictSame(await client.nextEvent(), { kind: 'closed', closed: SHUTTING_DOWN })
 })
@@ -1009,7 +999,7 @@ t.test('shutdown: SIGINT closes every open WebSocket with 1001 and the process e
     await admitted(t, server.ws('/ws/sessions/bob-1'), { origin: server.url, token: sign({ sub: 'bob' }), via: 'protocol' })
   ]
   server.child.kill('SIGINT')
-  const exit = await withTimeout(server.exited, 5000, 'exit after SIGINT')
+  const exit = await within(server.exited, 5000, 'exit after SIGINT')
   t.strictSame(exit, { code: 0, signal: null })
   for (const client of clients) t.strictSame(await client.nextEvent(), { kind: 'closed', closed: SHUTTING_DOWN })
 })
@@ -1031,7 +1021,7 @@ t.test('secrets: no frame carries an apiKey, no error frame a stack or a path, n
   for (const server of await Promise.all([mainServer, minuteServer, limitsServer, devServer, productionServer])) {
     if (server.running) server.child.kill('SIGTERM')
   }
-  await withTimeout(Promise.all(servers.map(async (server) => await server.finished)), 10_000, 'every process ended')
+  await within(Promise.all(servers.map(async (server) => await server.finished)), 10_000, 'every process ended')
 
   t.ok(receivedFrames.length > 100, 'frames were received')
   const errors = receivedFrames.map((raw) => JSON.parse(raw) as Record<string, unknown>).filter((frame) => frame.type === 'error')

@@ -181,18 +181,37 @@ export class Client {
   }
 }
 
-/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
-export async function closeOf (c: Client, ms = 5000): Promise<Closed> {
+/** Resolves with `promise`, or rejects once `ms` have passed, so a hang fails the test instead of stalling it. */
+export async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`the server did not close the connection within ${ms} ms`)), ms)
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
   })
   try {
-    return await Promise.race([c.closed, timeout])
+    return await Promise.race([promise, timeout])
   } finally {
     clearTimeout(timer)
   }
 }
+
+/** The client's close frame, or a failure after `ms` so a server that never closes fails the test instead of hanging it. */
+export function closeOf (c: Client, ms = 5000): Promise<Closed> {
+  return within(c.closed, ms, 'the server closing the connection')
+}
+
+/** A parsed line of the app's log. */
+export interface LogLine {
+  msg?: string
+  refusal?: string
+  userId?: string
+  ip?: string
+  req?: { url?: string }
+}
+
+export const parseLogs = (logs: string[]): LogLine[] => logs.map((line) => JSON.parse(line) as LogLine)
+
+/** The refusal lines, one per refused upgrade. */
+export const refusalLines = (logs: string[]): LogLine[] => parseLogs(logs).filter((line) => line.msg === 'websocket connection refused')
 
 /** Opens a client and waits for the outcome of its handshake. */
 export async function connect (url: string, options: ConstructorParameters<typeof Client>[1] = {}): Promise<Client> {

@@ -3,25 +3,13 @@ import net from 'node:net'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { memoryStore, type SecureWsOptions, type SecureWsStore, type SecureWsUser } from '../lib/index.js'
-import { Client, ORIGIN, build, connect, eventually, sign } from './helpers.js'
+import { Client, ORIGIN, build, connect, eventually, sign, within } from './helpers.js'
 
 const SHUTTING_DOWN = { code: 1001, reason: 'Server shutting down' }
 const DISCONNECTED = { code: 4403, reason: 'Disconnected by the server' }
 const EXPIRED = { code: 4401, reason: 'Invalid or expired authentication token' }
 const RATE_LIMITED = { code: 1008, reason: 'Rate limit exceeded' }
 
-/** Resolves with `promise`, or rejects once `ms` have passed, so a hang fails the test instead of stalling it. */
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 

@@ -1,18 +1,8 @@
 import t from 'tap'
-import { ORIGIN, build, connect, sign, closeOf } from './helpers.js'
+import { ORIGIN, build, connect, sign, closeOf, refusalLines } from './helpers.js'
 
 const ORIGIN_REFUSED = { code: 1008, reason: 'Origin not allowed' }
 
-interface LogLine {
-  msg?: string
-  refusal?: string
-  userId?: string
-  ip?: string
-}
-
-function refusalLines (logs: string[]): LogLine[] {
-  return logs.map((line) => JSON.parse(line) as LogLine).filter((line) => line.msg === 'websocket connection refused')
-}
 
 t.test('an allowed origin connects and its messages are answered', async (t) => {
   const { url } = await build(t)

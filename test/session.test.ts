@@ -1,19 +1,10 @@
 import t from 'tap'
 import type { MessageDefinition } from '../lib/index.js'
-import { Client, SESSIONS, type Session, build, connect, sign, testRoute, closeOf } from './helpers.js'
+import { Client, SESSIONS, type Session, build, connect, sign, testRoute, closeOf, refusalLines } from './helpers.js'
 
 const ACCESS_DENIED = { code: 1008, reason: 'Access denied' }
 const INTERNAL_ERROR = { code: 1011, reason: 'Internal server error' }
 
-interface LogLine {
-  msg?: string
-  refusal?: string
-  userId?: string
-  ip?: string
-}
-
-const refusalLines = (logs: string[]): LogLine[] =>
-  logs.map((line) => JSON.parse(line) as LogLine).filter((line) => line.msg === 'websocket connection refused')
 
 /**
  * The fixture route with a `record` message and a `resolveSession` that both note every

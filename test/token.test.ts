@@ -4,20 +4,10 @@ import t from 'tap'
 import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
 import type { MessageDefinition, SecureWsUser } from '../lib/index.js'
-import { Client, SECRET, type Session, build, connect, eventually, sign, testRoute, closeOf } from './helpers.js'
+import { Client, SECRET, type Session, build, connect, eventually, sign, testRoute, closeOf, parseLogs, refusalLines } from './helpers.js'
 
 const INVALID_TOKEN = { code: 4401, reason: 'Invalid or expired authentication token' }
 
-interface LogLine {
-  msg?: string
-  refusal?: string
-  userId?: string
-  ip?: string
-  req?: { url?: string }
-}
-
-const parseLogs = (logs: string[]): LogLine[] => logs.map((line) => JSON.parse(line) as LogLine)
-const refusalLines = (logs: string[]): LogLine[] => parseLogs(logs).filter((line) => line.msg === 'websocket connection refused')
 
 const nowS = (): number => Math.floor(Date.now() / 1000)
 

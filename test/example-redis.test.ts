@@ -1,49 +1,25 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { join } from 'node:path'
 import t from 'tap'
 import { createSigner } from 'fast-jwt'
 import { connect, type Client } from './helpers.js'
-import { RedisServer, freePort, requireRedis } from './redis-server.js'
+import { startExample, type ExampleProcess } from './example-process.js'
+import { RedisServer, requireRedis } from './redis-server.js'
 
 // The example's contract lines for WS_REDIS_URL, tried from outside with two example processes.
 
 const SECRET = 'example-redis-test-secret-0123456789'
 const signer = createSigner({ key: SECRET, algorithm: 'HS256', expiresIn: 120_000 })
 
-interface Example {
-  port: number
-  child: ChildProcess
-  output: () => string
-  url: (path: string) => string
-  origin: string
+async function startRedisExample (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string>): Promise<ExampleProcess> {
+  return startExample(t, { WS_JWT_SECRET: SECRET, ...env })
 }
 
-async function startExample (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string>): Promise<Example> {
-  const port = await freePort()
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'examples', 'server.ts')], {
-    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', WS_JWT_SECRET: SECRET, ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
-  let output = ''
-  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      if (output.includes(`http://127.0.0.1:${port}`)) resolve()
-    })
-    child.once('exit', (code) => reject(new Error(`example exited with ${code}: ${output}`)))
-  })
-  return { port, child, output: () => output, url: (path) => `ws://127.0.0.1:${port}${path}`, origin: `http://127.0.0.1:${port}` }
-}
-
-function open (example: Example, user: string, scope?: string): Promise<Client> {
+function open (example: ExampleProcess, user: string, scope?: string): Promise<Client> {
   const token = signer({ sub: user, ...(scope === undefined ? {} : { scope }) })
   return connect(example.url(`/ws/sessions/${user}-1`), { token, origin: example.origin })
 }
 
-async function connectWhenPossible (example: Example, user: string, ms: number): Promise<Client | undefined> {
+async function connectWhenPossible (example: ExampleProcess, user: string, ms: number): Promise<Client | undefined> {
   const end = Date.now() + ms
   while (Date.now() < end) {
     const client = await open(example, user)
@@ -58,8 +34,8 @@ if (requireRedis(t)) {
   t.test('two example processes sharing one Redis', async (t) => {
     const redis = await RedisServer.start()
     t.teardown(() => redis.stop())
-    const a = await startExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
-    const b = await startExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
+    const a = await startRedisExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
+    const b = await startRedisExample(t, { WS_REDIS_URL: redis.url, WS_MAX_CONNECTIONS_PER_USER: '4' })
 
     t.test('enforce one connection limit together', async (t) => {
       const held = [await open(a, 'alice'), await open(a, 'alice'), await open(b, 'alice'), await open(b, 'alice')]
@@ -101,8 +77,8 @@ if (requireRedis(t)) {
   t.test('slots of a SIGKILLed example process are free again within 30 s (default lease)', async (t) => {
     const redis = await RedisServer.start()
     t.teardown(() => redis.stop())
-    const doomed = await startExample(t, { WS_REDIS_URL: redis.url })
-    const survivor = await startExample(t, { WS_REDIS_URL: redis.url })
+    const doomed = await startRedisExample(t, { WS_REDIS_URL: redis.url })
+    const survivor = await startRedisExample(t, { WS_REDIS_URL: redis.url })
     for (let i = 0; i < 5; i++) t.ok(await (await open(doomed, 'alice')).admitted(), 'held by the doomed process')
     doomed.child.kill('SIGKILL')
     await once(doomed.child, 'exit')

@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
 import { build, connect, eventually, sign, type Built, type Client } from './helpers.js'
-import { RedisServer, freePort, requireRedis } from './redis-server.js'
+import { startExample } from './example-process.js'
+import { RedisServer, requireRedis } from './redis-server.js'
 
 let prefixes = 0
 
@@ -186,20 +185,9 @@ if (requireRedis(t)) {
   t.test('slots of an instance killed with SIGKILL free themselves within the lease', async (t) => {
     const redis = await RedisServer.start()
     t.teardown(() => redis.stop())
-    const port = await freePort()
     const secret = 'lease-test-secret-0123456789abcdef'
-    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'examples', 'server.ts')], {
-      env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', WS_JWT_SECRET: secret, WS_REDIS_URL: redis.url, WS_REDIS_LEASE_MS: '2000' },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-    let stdout = ''
-    await new Promise<void>((resolve) => {
-      child.stdout!.on('data', (chunk: Buffer) => {
-        stdout += chunk.toString()
-        if (stdout.includes(`http://127.0.0.1:${port}`)) resolve()
-      })
-    })
+    const doomed = await startExample(t, { WS_JWT_SECRET: secret, WS_REDIS_URL: redis.url, WS_REDIS_LEASE_MS: '2000' })
+    const { port, child } = doomed
     const { createSigner } = await import('fast-jwt')
     const token = createSigner({ key: secret, algorithm: 'HS256', expiresIn: 60_000 })({ sub: 'alice' })
     const origin = `http://127.0.0.1:${port}`

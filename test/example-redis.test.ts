@@ -74,7 +74,7 @@ if (requireRedis(t)) {
     })
   })
 
-  t.test('slots of a SIGKILLed example process are free again within 30 s (default lease)', async (t) => {
+  t.test('slots of a SIGKILLed example process are free again within 30 s (its default lease)', async (t) => {
     const redis = await RedisServer.start()
     t.teardown(() => redis.stop())
     const doomed = await startRedisExample(t, { WS_REDIS_URL: redis.url })

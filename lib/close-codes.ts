@@ -34,6 +34,11 @@ export type CloseReasons = Readonly<Record<CloseKind, Readonly<CloseReason>>>
 /** Largest close reason RFC 6455 allows: 125 bytes of control payload less the 2-byte code. */
 export const MAX_CLOSE_REASON_BYTES = 123
 
+/** A close reason ws will send: a string of at most 123 bytes of UTF-8. */
+export function isSendableCloseReason (reason: unknown): reason is string {
+  return typeof reason === 'string' && Buffer.byteLength(reason) <= MAX_CLOSE_REASON_BYTES
+}
+
 /** Close codes a server may send: the registered ones meant for endpoints, and the 3000-4999 range. */
 export function isSendableCloseCode (code: number): boolean {
   if (!Number.isInteger(code)) return false

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
-import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
+import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
 import { InvalidOptionError } from './errors.js'
 import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
 import { Registry, type SecureWsStats } from './registry.js'
@@ -42,7 +42,7 @@ declare module 'fastify' {
 
 function validateCloseFrame (code: number, reason: string | undefined): void {
   if (!isSendableCloseCode(code)) throw new InvalidOptionError(`disconnectUser: code ${code} is not a close code a server may send`)
-  if (reason !== undefined && Buffer.byteLength(reason) > MAX_CLOSE_REASON_BYTES) throw new InvalidOptionError(`disconnectUser: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes`)
+  if (reason !== undefined && !isSendableCloseReason(reason)) throw new InvalidOptionError(`disconnectUser: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes`)
 }
 
 const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import type { Algorithm } from 'fast-jwt'
-import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, type CloseKind, type CloseReason, type CloseReasons } from './close-codes.js'
+import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason, type CloseKind, type CloseReason, type CloseReasons } from './close-codes.js'
 import { InvalidOptionError } from './errors.js'
 import { createOriginCheck, parseOrigin } from './origin.js'
 import { memoryStore } from './stores/memory.js'
@@ -135,7 +135,7 @@ function validateCloseReasons (value: unknown): CloseReasons {
       entry.code = override.code
     }
     if (override.reason !== undefined) {
-      if (typeof override.reason !== 'string' || Buffer.byteLength(override.reason) > MAX_CLOSE_REASON_BYTES) fail(`closeReasons.${kind}.reason must be a string of at most ${MAX_CLOSE_REASON_BYTES} bytes`)
+      if (!isSendableCloseReason(override.reason)) fail(`closeReasons.${kind}.reason must be a string of at most ${MAX_CLOSE_REASON_BYTES} bytes`)
       entry.reason = override.reason
     }
     if (override.status !== undefined) {

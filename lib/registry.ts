@@ -1,4 +1,5 @@
 import type { CloseKind } from './close-codes.js'
+import { addTo, removeFrom, sizes } from './keyed-sets.js'
 import type { Connection } from './connection.js'
 import type { SecureWsStore, StoreStats } from './stores/types.js'
 
@@ -18,22 +19,6 @@ export interface SecureWsStats {
 
 /** How often expiring connections are checked; a token is honoured at most this long past `exp`. */
 const EXPIRY_CHECK_MS = 250
-
-function addTo<K, V> (map: Map<K, Set<V>>, key: K, value: V): void {
-  let set = map.get(key)
-  if (set === undefined) {
-    set = new Set()
-    map.set(key, set)
-  }
-  set.add(value)
-}
-
-function removeFrom<K, V> (map: Map<K, Set<V>>, key: K, value: V): void {
-  const set = map.get(key)
-  if (set === undefined) return
-  set.delete(value)
-  if (set.size === 0) map.delete(key)
-}
 
 /** The open connections of this process, by user and by topic. */
 export class Registry {
@@ -149,8 +134,6 @@ export class Registry {
   }
 
   stats (): SecureWsStats {
-    const users: Record<string, number> = {}
-    for (const [id, set] of this.#byUser) users[id] = set.size
-    return { connections: this.#connections.size, users, topics: this.#byTopic.size, timers: this.#expiring.size, store: this.#store.stats() }
+    return { connections: this.#connections.size, users: sizes(this.#byUser), topics: this.#byTopic.size, timers: this.#expiring.size, store: this.#store.stats() }
   }
 }

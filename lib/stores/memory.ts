@@ -1,4 +1,5 @@
 import { InvalidOptionError } from '../errors.js'
+import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { RateCounter, type RateLimits } from '../rate-window.js'
 import type { SecureWsStore, StoreStats } from './types.js'
 
@@ -32,21 +33,13 @@ export class MemoryStore implements SecureWsStore {
 
   acquireSlot (key: string, connectionId: string, limit: number): boolean {
     // Check and add run in one synchronous step, so concurrent upgrades cannot both pass.
-    let held = this.#slots.get(key)
-    if (held === undefined) {
-      held = new Set()
-      this.#slots.set(key, held)
-    }
-    if (held.size >= limit) return false
-    held.add(connectionId)
+    if ((this.#slots.get(key)?.size ?? 0) >= limit) return false
+    addTo(this.#slots, key, connectionId)
     return true
   }
 
   releaseSlot (key: string, connectionId: string): void {
-    const held = this.#slots.get(key)
-    if (held === undefined) return
-    held.delete(connectionId)
-    if (held.size === 0) this.#slots.delete(key)
+    removeFrom(this.#slots, key, connectionId)
   }
 
   consumeMessage (key: string, limits: RateLimits): boolean {
@@ -60,9 +53,7 @@ export class MemoryStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    const slots: Record<string, number> = {}
-    for (const [key, held] of this.#slots) slots[key] = held.size
-    return { slots, rateCounters: this.#counters.size }
+    return { slots: sizes(this.#slots), rateCounters: this.#counters.size }
   }
 
   async close (): Promise<void> {

@@ -3,6 +3,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
+import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { MINUTE_MS, RateCounter, SECOND_MS, type RateLimits } from '../rate-window.js'
 import type { BroadcastEvent, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
@@ -212,9 +213,7 @@ export class RedisStore implements SecureWsStore {
 
   async releaseSlot (key: string, connectionId: string): Promise<void> {
     const member = `${this.#instanceId}:${connectionId}`
-    const held = this.#held.get(key)
-    if (held === undefined || !held.delete(member)) return
-    if (held.size === 0) this.#held.delete(key)
+    if (!removeFrom(this.#held, key, member)) return
     if (this.#held.size === 0) this.#stopRenewing()
     // While Redis is away, remember the release: if Redis kept its data, the lease would
     // otherwise hold the user's slot until it runs out.
@@ -257,9 +256,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    const slots: Record<string, number> = {}
-    for (const [key, held] of this.#held) slots[key] = held.size
-    return { slots, rateCounters: this.#rates.size }
+    return { slots: sizes(this.#held), rateCounters: this.#rates.size }
   }
 
   async close (): Promise<void> {
@@ -290,12 +287,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   #hold (key: string, member: string): void {
-    let held = this.#held.get(key)
-    if (held === undefined) {
-      held = new Set()
-      this.#held.set(key, held)
-    }
-    held.add(member)
+    addTo(this.#held, key, member)
     if (this.#renewTimer === undefined) {
       this.#renewTimer = setInterval(() => { this.#renew() }, Math.max(1, Math.floor(this.#leaseMs / 3)))
       this.#renewTimer.unref()

@@ -1,4 +1,4 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { CloseKind } from './close-codes.js'
 import type { SessionBase } from './messages.js'
 import type { SecureWsUser } from './options.js'
@@ -105,17 +105,25 @@ function takeSlot (request: FastifyRequest, route: CompiledRoute, user: SecureWs
   }
   then(acquired, (ok) => {
     if (!ok) return done(refuse('tooManyConnections', user.id))
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      const result = route.store.releaseSlot(limitKey, connectionId)
-      if (isThenable(result)) {
-        result.then(undefined, (err: unknown) => {
-          request.log.error({ err, userId: user.id, connectionId }, 'store failed to release a connection slot')
-        })
-      }
-    }
-    done({ admitted: true, connectionId, user, session, limitKey, release })
+    done({ admitted: true, connectionId, user, session, limitKey, release: slotRelease(route.store, limitKey, connectionId, request.log, user.id) })
   }, unavailable)
+}
+
+/**
+ * The slot's release, made in a scope of its own: a closure keeps its whole enclosing scope
+ * alive, and admission's scopes hold the request, the reply and Fastify's hook chain, which
+ * would then live as long as the connection.
+ */
+function slotRelease (store: CompiledRoute['store'], limitKey: string, connectionId: string, log: FastifyBaseLogger, userId: string): () => void {
+  let released = false
+  return () => {
+    if (released) return
+    released = true
+    const result = store.releaseSlot(limitKey, connectionId)
+    if (isThenable(result)) {
+      result.then(undefined, (err: unknown) => {
+        log.error({ err, userId, connectionId }, 'store failed to release a connection slot')
+      })
+    }
+  }
 }

@@ -107,9 +107,12 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       // Ties the slot to the TCP socket, so a handshake that never completes frees it too.
       // 'finish' comes when the server has ended its side after the close handshake, before
       // the client can see its own 'close' event; a client that reconnects at once finds
-      // the slot free. `release` acts once, so plain `on` listeners do (and cost less).
+      // the slot free. The upgrade's response emits 'close' when the socket closes: listening
+      // there, not on the socket, keeps the socket's 'close' listeners at the two Node and ws
+      // put there (a third grows their array ~150 B for the connection's life). `release`
+      // acts once, so plain `on` listeners do (and cost less).
       socket?.on('finish', admission.release)
-      socket?.on('close', admission.release)
+      reply.raw.on('close', admission.release)
     }
     admissions.set(request, admission)
     done()

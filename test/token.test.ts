@@ -364,3 +364,28 @@ t.test('the cached user cannot be changed by one connection for the next', async
   await first.close()
   await second.close()
 })
+
+t.test('a claim named __proto__ copied by the jwt.user mapper does not become the user\'s prototype', async (t) => {
+  const { url } = await build(t, {
+    options: { jwt: { key: SECRET, algorithms: ['HS256'], user: (claims) => ({ ...claims, id: claims.sub as string, scopes: [] }) } },
+    route: {
+      outbound: { flags: Type.Object({ admin: Type.Boolean(), inherited: Type.Boolean() }) },
+      messages: {
+        flags: {
+          handler: (conn) => {
+            const user = conn.user as SecureWsUser & { admin?: unknown }
+            conn.send('flags', { admin: user.admin === true, inherited: Object.getPrototypeOf(user) !== Object.prototype })
+          }
+        }
+      }
+    }
+  })
+  // JSON.parse, as fast-jwt decodes claims, makes "__proto__" an own property; a spread copies it as one.
+  const token = sign('alice', JSON.parse('{"__proto__":{"admin":true}}') as Record<string, unknown>)
+  for (const attempt of ['first connection (verified)', 'second connection (cached)']) {
+    const c = await connect(url('/ws/alice-1'), { token })
+    c.send({ type: 'flags' })
+    t.same(await c.next(), { type: 'flags', admin: false, inherited: false }, attempt)
+    await c.close()
+  }
+})

@@ -54,6 +54,12 @@ export function announceReady (): void {
     process.stdout.write(`mem ${JSON.stringify(line)}\n`)
   })
   process.on('SIGTERM', () => process.exit(0))
+  // Every target enters the measured windows after one full collection, as a long-running
+  // server has. Without it, V8 state depends on whether startup happened to trigger one: a
+  // full collection makes `process.nextTick` (called by net for every read) take a slower
+  // path for the rest of the process, ~1 us per message, so a target with a small startup
+  // heap looked cheaper than it will be in production (profile in bench/README.md).
+  ;(globalThis as { gc?: () => void }).gc?.()
   process.stdout.write('ready\n')
 }
 

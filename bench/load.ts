@@ -200,6 +200,59 @@ async function waitForCommand (word: string, timeoutMs: number): Promise<boolean
 
 const round3 = (n: number | null): number | null => n === null ? null : Math.round(n * 1000) / 1000
 
+/**
+ * Calls `fire` `rate` times a second, on a 2 ms tick. Never bursts more than 20 ms worth: a
+ * load generator that fell behind skips instead, and `skipped` says how many.
+ */
+function fixedRate (rate: number, fire: () => void): { skipped: number, stop: () => void } {
+  let credit = 0
+  let last = performance.now()
+  const ticker = {
+    skipped: 0,
+    stop: () => clearInterval(timer)
+  }
+  const timer = setInterval(() => {
+    const now = performance.now()
+    credit += ((now - last) * rate) / 1000
+    last = now
+    const cap = Math.max(1, rate / 50)
+    if (credit > cap) {
+      ticker.skipped += Math.floor(credit - cap)
+      credit = cap
+    }
+    for (; credit >= 1; credit--) fire()
+  }, 2)
+  return ticker
+}
+
+/** Length of the sub-windows a fixed-rate window is cut into. */
+const SPLIT_MS = 250
+
+/**
+ * Cuts the window that starts now into sub-windows: emits `rate-split` between them (the
+ * orchestrator reads the server's CPU time at each) and counts the events of each. Call the
+ * returned function just before `rate-stop`; it returns the counts. A burst of other work on
+ * the machine then spoils one sub-window, not the round: the orchestrator takes their median.
+ */
+function splitWindow (count: () => number): () => number[] {
+  const counts: number[] = []
+  let last = count()
+  const cut = (): void => {
+    const now = count()
+    counts.push(now - last)
+    last = now
+  }
+  const timer = setInterval(() => {
+    cut()
+    emit({ mark: 'rate-split' })
+  }, SPLIT_MS)
+  return () => {
+    clearInterval(timer)
+    cut()
+    return counts
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Modes.
 
@@ -288,37 +341,25 @@ async function throughput (): Promise<object> {
 
   // Fixed-rate window.
   phase = 'fixed'
-  let credit = 0
-  let last = performance.now()
   let next = 0
-  let skipped = 0
-  const sender = setInterval(() => {
-    const now = performance.now()
-    credit += ((now - last) * rate) / 1000
-    last = now
-    // Never burst more than 20 ms worth: a load generator that fell behind skips instead.
-    const cap = rate / 50
-    if (credit > cap) {
-      skipped += Math.floor(credit - cap)
-      credit = cap
-    }
-    for (; credit >= 1; credit--) {
-      const conn = conns[next++ % conns.length]!
-      conn.sentAt.push(now)
-      conn.client.ping()
-    }
-  }, 2)
+  const sender = fixedRate(rate, () => {
+    const conn = conns[next++ % conns.length]!
+    conn.sentAt.push(performance.now())
+    conn.client.ping()
+  })
   await sleep(rateWarmupMs)
-  skipped = 0
+  sender.skipped = 0
   measuring = true
   emit({ mark: 'rate-start' })
   const rateStarted = performance.now()
+  const endSplits = splitWindow(() => fixedReplies)
   await sleep(rateDurationMs)
+  const fixedSplits = endSplits()
   emit({ mark: 'rate-stop' })
   measuring = false
   const rateSeconds = (performance.now() - rateStarted) / 1000
-  const rateSkipped = skipped
-  clearInterval(sender)
+  const rateSkipped = sender.skipped
+  sender.stop()
   phase = 'drain'
   await drained()
 
@@ -337,6 +378,7 @@ async function throughput (): Promise<object> {
     fixedSeconds: round3(rateSeconds),
     fixedMessages: fixedReplies,
     fixedAchievedRate: Math.round(fixedReplies / rateSeconds),
+    fixedSplits,
     fixedSkipped: rateSkipped,
     fixedP50Ms: round3(fixedLatency.percentile(0.5)),
     fixedP99Ms: round3(fixedLatency.percentile(0.99)),
@@ -346,22 +388,36 @@ async function throughput (): Promise<object> {
   }
 }
 
+/**
+ * Two windows, each upgrade a new connection that is admitted, closed, and waited for until
+ * its TCP close. As fast as possible: `concurrency` clients back to back, which saturates the
+ * load generator; gives the raw rate. Fixed rate: `rate` new connections per second, started
+ * on a 2 ms tick whatever the server's pace, well below any target's capacity, so every server
+ * gets the same arrivals; gives the server CPU per upgrade. (Per-upgrade CPU falls as a
+ * server gets busier, so in the first window a slower load generator alone makes it rise.)
+ */
 async function handshake (): Promise<object> {
   const concurrency = int('concurrency', args.concurrency, 16)
   const users = int('users', args.users, 2000)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 300)
   const durationMs = int('duration-ms', args['duration-ms'], 2500)
+  const rate = int('rate', args.rate, 250)
+  const rateWarmupMs = int('rate-warmup-ms', args['rate-warmup-ms'], 300)
+  const rateDurationMs = int('rate-duration-ms', args['rate-duration-ms'], 2500)
   for (let u = 0; u < users; u++) tokenFor(u)
 
-  let phase: 'warmup' | 'measure' | 'done' = 'warmup'
+  let phase: 'warmup' | 'measure' | 'between' | 'fixed' = 'warmup'
+  let measuring = false
   let next = 0
   let upgrades = 0
+  let fixedUpgrades = 0
   let refused = 0
   let running = 0
   const connectTime = new Samples(1_000_000)
+  const fixedConnectTime = new Samples(1_000_000)
 
-  const cycle = (): void => {
-    if (phase === 'done') return
+  /** One connection: admitted, closed, gone; `then` runs once it is. */
+  const upgradeOnce = (then: () => void): void => {
     running++
     const user = next++ % users
     const t0 = performance.now()
@@ -372,6 +428,9 @@ async function handshake (): Promise<object> {
         if (phase === 'measure') {
           upgrades++
           connectTime.push(performance.now() - t0)
+        } else if (phase === 'fixed' && measuring) {
+          fixedUpgrades++
+          fixedConnectTime.push(performance.now() - t0)
         }
         client.close()
       },
@@ -379,10 +438,13 @@ async function handshake (): Promise<object> {
       onClose: (clean) => {
         if (!opened || !clean) refused++
         running--
-        // Next connect on a fresh tick, so one worker never recurses.
-        setImmediate(cycle)
+        then()
       }
     })
+  }
+  // Next connect on a fresh tick, so one worker never recurses.
+  const cycle = (): void => {
+    if (phase === 'warmup' || phase === 'measure') upgradeOnce(() => setImmediate(cycle))
   }
   for (let w = 0; w < concurrency; w++) cycle()
   await sleep(warmupMs)
@@ -392,7 +454,24 @@ async function handshake (): Promise<object> {
   await sleep(durationMs)
   emit({ mark: 'stop' })
   const seconds = (performance.now() - started) / 1000
-  phase = 'done'
+  phase = 'between'
+  await until(() => running === 0, 5000)
+
+  phase = 'fixed'
+  const starter = fixedRate(rate, () => upgradeOnce(() => {}))
+  await sleep(rateWarmupMs)
+  starter.skipped = 0
+  measuring = true
+  emit({ mark: 'rate-start' })
+  const rateStarted = performance.now()
+  const endSplits = splitWindow(() => fixedUpgrades)
+  await sleep(rateDurationMs)
+  const fixedSplits = endSplits()
+  emit({ mark: 'rate-stop' })
+  measuring = false
+  const rateSeconds = (performance.now() - rateStarted) / 1000
+  const rateSkipped = starter.skipped
+  starter.stop()
   await until(() => running === 0, 5000)
   return {
     concurrency,
@@ -402,6 +481,14 @@ async function handshake (): Promise<object> {
     rate: Math.round(upgrades / seconds),
     p50Ms: round3(connectTime.percentile(0.5)),
     p99Ms: round3(connectTime.percentile(0.99)),
+    fixedRate: rate,
+    fixedSeconds: round3(rateSeconds),
+    fixedUpgrades,
+    fixedAchievedRate: Math.round(fixedUpgrades / rateSeconds),
+    fixedSplits,
+    fixedSkipped: rateSkipped,
+    fixedP50Ms: round3(fixedConnectTime.percentile(0.5)),
+    fixedP99Ms: round3(fixedConnectTime.percentile(0.99)),
     refused,
     errors
   }

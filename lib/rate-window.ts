@@ -14,14 +14,17 @@ export interface RateWindow {
  * up to `EXACT_LIMIT_MAX`.
  */
 export class SlidingLog implements RateWindow {
-  readonly #times: Float64Array
+  // A plain array, not a Float64Array: it lives in the heap next to this object, where a
+  // typed array would add two objects and a separately allocated store, each one more cache
+  // miss on a check that runs for every message.
+  readonly #times: number[]
   readonly #windowMs: number
   #head = 0
   #size = 0
 
   constructor (windowMs: number, capacity: number) {
     this.#windowMs = windowMs
-    this.#times = new Float64Array(capacity)
+    this.#times = new Array<number>(capacity).fill(0)
   }
 
   count (now: number): number {
@@ -50,14 +53,17 @@ export class SlidingLog implements RateWindow {
  * refuse up to one bucket early. Memory and time per check are constant whatever the limit.
  */
 export class SlidingWindowCounter implements RateWindow {
-  readonly #counts: Uint32Array
+  // A plain array, for the reason SlidingLog gives.
+  readonly #counts: number[]
   readonly #bucketMs: number
-  #tick = Number.NEGATIVE_INFINITY
+  /** The first bucket's number since the epoch: ticks count from it, so they stay small integers and `%` stays integer arithmetic. */
+  #base = Number.NaN
+  #tick = -1
   #total = 0
 
   constructor (windowMs: number, buckets: number) {
     this.#bucketMs = windowMs / buckets
-    this.#counts = new Uint32Array(buckets + 1)
+    this.#counts = new Array<number>(buckets + 1).fill(0)
   }
 
   count (now: number): number {
@@ -71,12 +77,14 @@ export class SlidingWindowCounter implements RateWindow {
 
   /** Counts `n` events at the current bucket; call `count` first so the buckets are current. */
   add (n: number): void {
-    this.#counts[this.#tick % this.#counts.length] += n
+    this.#counts[this.#tick % this.#counts.length]! += n
     this.#total += n
   }
 
   #advance (now: number): void {
-    const tick = Math.floor(now / this.#bucketMs)
+    const bucket = Math.floor(now / this.#bucketMs)
+    if (Number.isNaN(this.#base)) this.#base = bucket
+    const tick = bucket - this.#base
     // A clock that steps back keeps counting into the newest bucket instead of forgetting.
     if (tick <= this.#tick) return
     const size = this.#counts.length

@@ -7,7 +7,7 @@
  * JSON.stringify). Both are fed through an EventEmitter `message` event with a Buffer, as ws
  * does. Prints one JSON line: CPU nanoseconds per message, median of several repetitions.
  *
- *   node --import tsx bench/security-path.ts [--iterations 150000] [--repetitions 5]
+ *   node --import tsx bench/security-path.ts [--iterations 100000] [--repetitions 5]
  */
 import { EventEmitter } from 'node:events'
 import { parseArgs } from 'node:util'
@@ -24,7 +24,7 @@ import { BENCH_ORIGIN, answerPlainly } from './common.js'
 
 const { values: args } = parseArgs({
   options: {
-    iterations: { type: 'string', default: '150000' },
+    iterations: { type: 'string', default: '100000' },
     repetitions: { type: 'string', default: '5' }
   }
 })

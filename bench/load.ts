@@ -253,6 +253,36 @@ function splitWindow (count: () => number): () => number[] {
   }
 }
 
+interface FixedWindow {
+  seconds: number
+  /** Events the load generator could not fire in time. */
+  skipped: number
+  /** Events counted in each sub-window. */
+  splits: number[]
+}
+
+/**
+ * The measured fixed-rate window of a figure: fires `rate` events a second, `warmupMs`
+ * unmeasured, then `durationMs` between the `rate-start` and `rate-stop` marks, cut into
+ * sub-windows whose events `count` reads. `setMeasuring` tells the caller when events count.
+ */
+async function fixedRateWindow (rate: number, warmupMs: number, durationMs: number, fire: () => void, count: () => number, setMeasuring: (on: boolean) => void): Promise<FixedWindow> {
+  const ticker = fixedRate(rate, fire)
+  await sleep(warmupMs)
+  ticker.skipped = 0
+  setMeasuring(true)
+  emit({ mark: 'rate-start' })
+  const started = performance.now()
+  const endSplits = splitWindow(count)
+  await sleep(durationMs)
+  const splits = endSplits()
+  emit({ mark: 'rate-stop' })
+  setMeasuring(false)
+  const seconds = (performance.now() - started) / 1000
+  ticker.stop()
+  return { seconds, skipped: ticker.skipped, splits }
+}
+
 // ---------------------------------------------------------------------------------------
 // Modes.
 
@@ -342,24 +372,11 @@ async function throughput (): Promise<object> {
   // Fixed-rate window.
   phase = 'fixed'
   let next = 0
-  const sender = fixedRate(rate, () => {
+  const fixed = await fixedRateWindow(rate, rateWarmupMs, rateDurationMs, () => {
     const conn = conns[next++ % conns.length]!
     conn.sentAt.push(performance.now())
     conn.client.ping()
-  })
-  await sleep(rateWarmupMs)
-  sender.skipped = 0
-  measuring = true
-  emit({ mark: 'rate-start' })
-  const rateStarted = performance.now()
-  const endSplits = splitWindow(() => fixedReplies)
-  await sleep(rateDurationMs)
-  const fixedSplits = endSplits()
-  emit({ mark: 'rate-stop' })
-  measuring = false
-  const rateSeconds = (performance.now() - rateStarted) / 1000
-  const rateSkipped = sender.skipped
-  sender.stop()
+  }, () => fixedReplies, (on) => { measuring = on })
   phase = 'drain'
   await drained()
 
@@ -375,11 +392,11 @@ async function throughput (): Promise<object> {
     p50Ms: round3(latency.percentile(0.5)),
     p99Ms: round3(latency.percentile(0.99)),
     fixedRate: rate,
-    fixedSeconds: round3(rateSeconds),
+    fixedSeconds: round3(fixed.seconds),
     fixedMessages: fixedReplies,
-    fixedAchievedRate: Math.round(fixedReplies / rateSeconds),
-    fixedSplits,
-    fixedSkipped: rateSkipped,
+    fixedAchievedRate: Math.round(fixedReplies / fixed.seconds),
+    fixedSplits: fixed.splits,
+    fixedSkipped: fixed.skipped,
     fixedP50Ms: round3(fixedLatency.percentile(0.5)),
     fixedP99Ms: round3(fixedLatency.percentile(0.99)),
     badReplies,
@@ -458,20 +475,7 @@ async function handshake (): Promise<object> {
   await until(() => running === 0, 5000)
 
   phase = 'fixed'
-  const starter = fixedRate(rate, () => upgradeOnce(() => {}))
-  await sleep(rateWarmupMs)
-  starter.skipped = 0
-  measuring = true
-  emit({ mark: 'rate-start' })
-  const rateStarted = performance.now()
-  const endSplits = splitWindow(() => fixedUpgrades)
-  await sleep(rateDurationMs)
-  const fixedSplits = endSplits()
-  emit({ mark: 'rate-stop' })
-  measuring = false
-  const rateSeconds = (performance.now() - rateStarted) / 1000
-  const rateSkipped = starter.skipped
-  starter.stop()
+  const fixed = await fixedRateWindow(rate, rateWarmupMs, rateDurationMs, () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
   await until(() => running === 0, 5000)
   return {
     concurrency,
@@ -482,11 +486,11 @@ async function handshake (): Promise<object> {
     p50Ms: round3(connectTime.percentile(0.5)),
     p99Ms: round3(connectTime.percentile(0.99)),
     fixedRate: rate,
-    fixedSeconds: round3(rateSeconds),
+    fixedSeconds: round3(fixed.seconds),
     fixedUpgrades,
-    fixedAchievedRate: Math.round(fixedUpgrades / rateSeconds),
-    fixedSplits,
-    fixedSkipped: rateSkipped,
+    fixedAchievedRate: Math.round(fixedUpgrades / fixed.seconds),
+    fixedSplits: fixed.splits,
+    fixedSkipped: fixed.skipped,
     fixedP50Ms: round3(fixedConnectTime.percentile(0.5)),
     fixedP99Ms: round3(fixedConnectTime.percentile(0.99)),
     refused,

@@ -253,7 +253,23 @@ function splitWindow (count: () => number): () => number[] {
   }
 }
 
+interface FixedRate {
+  rate: number
+  warmupMs: number
+  durationMs: number
+}
+
+/** `--rate`, `--rate-warmup-ms` and `--rate-duration-ms`, with the mode's default rate. */
+function fixedRateArgs (defaultRate: number): FixedRate {
+  return {
+    rate: int('rate', args.rate, defaultRate),
+    warmupMs: int('rate-warmup-ms', args['rate-warmup-ms'], 300),
+    durationMs: int('rate-duration-ms', args['rate-duration-ms'], 2500)
+  }
+}
+
 interface FixedWindow {
+  rate: number
   seconds: number
   /** Events the load generator could not fire in time. */
   skipped: number
@@ -266,7 +282,7 @@ interface FixedWindow {
  * unmeasured, then `durationMs` between the `rate-start` and `rate-stop` marks, cut into
  * sub-windows whose events `count` reads. `setMeasuring` tells the caller when events count.
  */
-async function fixedRateWindow (rate: number, warmupMs: number, durationMs: number, fire: () => void, count: () => number, setMeasuring: (on: boolean) => void): Promise<FixedWindow> {
+async function fixedRateWindow ({ rate, warmupMs, durationMs }: FixedRate, fire: () => void, count: () => number, setMeasuring: (on: boolean) => void): Promise<FixedWindow> {
   const ticker = fixedRate(rate, fire)
   await sleep(warmupMs)
   ticker.skipped = 0
@@ -280,7 +296,20 @@ async function fixedRateWindow (rate: number, warmupMs: number, durationMs: numb
   setMeasuring(false)
   const seconds = (performance.now() - started) / 1000
   ticker.stop()
-  return { seconds, skipped: ticker.skipped, splits }
+  return { rate, seconds, skipped: ticker.skipped, splits }
+}
+
+/** What both figures report of their fixed-rate window, `events` being what was answered in it. */
+function fixedResult (window: FixedWindow, events: number, latency: Samples): object {
+  return {
+    fixedRate: window.rate,
+    fixedSeconds: round3(window.seconds),
+    fixedAchievedRate: Math.round(events / window.seconds),
+    fixedSplits: window.splits,
+    fixedSkipped: window.skipped,
+    fixedP50Ms: round3(latency.percentile(0.5)),
+    fixedP99Ms: round3(latency.percentile(0.99))
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,9 +334,7 @@ async function throughput (): Promise<object> {
   const depth = int('depth', args.depth, 16)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 500)
   const durationMs = int('duration-ms', args['duration-ms'], 2000)
-  const rate = int('rate', args.rate, 10_000)
-  const rateWarmupMs = int('rate-warmup-ms', args['rate-warmup-ms'], 300)
-  const rateDurationMs = int('rate-duration-ms', args['rate-duration-ms'], 2500)
+  const fixedArgs = fixedRateArgs(10_000)
   for (let u = 0; u < users; u++) tokenFor(u)
 
   let phase: 'connecting' | 'warmup' | 'measure' | 'drain' | 'fixed' = 'connecting'
@@ -372,7 +399,7 @@ async function throughput (): Promise<object> {
   // Fixed-rate window.
   phase = 'fixed'
   let next = 0
-  const fixed = await fixedRateWindow(rate, rateWarmupMs, rateDurationMs, () => {
+  const fixed = await fixedRateWindow(fixedArgs, () => {
     const conn = conns[next++ % conns.length]!
     conn.sentAt.push(performance.now())
     conn.client.ping()
@@ -391,14 +418,8 @@ async function throughput (): Promise<object> {
     rate: Math.round(replies / seconds),
     p50Ms: round3(latency.percentile(0.5)),
     p99Ms: round3(latency.percentile(0.99)),
-    fixedRate: rate,
-    fixedSeconds: round3(fixed.seconds),
     fixedMessages: fixedReplies,
-    fixedAchievedRate: Math.round(fixedReplies / fixed.seconds),
-    fixedSplits: fixed.splits,
-    fixedSkipped: fixed.skipped,
-    fixedP50Ms: round3(fixedLatency.percentile(0.5)),
-    fixedP99Ms: round3(fixedLatency.percentile(0.99)),
+    ...fixedResult(fixed, fixedReplies, fixedLatency),
     badReplies,
     closedEarly,
     errors
@@ -418,9 +439,7 @@ async function handshake (): Promise<object> {
   const users = int('users', args.users, 2000)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 300)
   const durationMs = int('duration-ms', args['duration-ms'], 2500)
-  const rate = int('rate', args.rate, 250)
-  const rateWarmupMs = int('rate-warmup-ms', args['rate-warmup-ms'], 300)
-  const rateDurationMs = int('rate-duration-ms', args['rate-duration-ms'], 2500)
+  const fixedArgs = fixedRateArgs(250)
   for (let u = 0; u < users; u++) tokenFor(u)
 
   let phase: 'warmup' | 'measure' | 'between' | 'fixed' = 'warmup'
@@ -475,7 +494,7 @@ async function handshake (): Promise<object> {
   await until(() => running === 0, 5000)
 
   phase = 'fixed'
-  const fixed = await fixedRateWindow(rate, rateWarmupMs, rateDurationMs, () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
+  const fixed = await fixedRateWindow(fixedArgs, () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
   await until(() => running === 0, 5000)
   return {
     concurrency,
@@ -485,14 +504,8 @@ async function handshake (): Promise<object> {
     rate: Math.round(upgrades / seconds),
     p50Ms: round3(connectTime.percentile(0.5)),
     p99Ms: round3(connectTime.percentile(0.99)),
-    fixedRate: rate,
-    fixedSeconds: round3(fixed.seconds),
     fixedUpgrades,
-    fixedAchievedRate: Math.round(fixedUpgrades / fixed.seconds),
-    fixedSplits: fixed.splits,
-    fixedSkipped: fixed.skipped,
-    fixedP50Ms: round3(fixedConnectTime.percentile(0.5)),
-    fixedP99Ms: round3(fixedConnectTime.percentile(0.99)),
+    ...fixedResult(fixed, fixedUpgrades, fixedConnectTime),
     refused,
     errors
   }

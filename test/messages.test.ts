@@ -42,6 +42,30 @@ t.test('invalid JSON answers "Invalid JSON" and keeps the connection open', asyn
   await stillOpen(t, c)
 })
 
+t.test('invalid JSON that quotes a forbidden word is still "Invalid JSON"', async (t) => {
+  const c = await alice(t)
+  // V8's parse error quotes the text, so its message names "prototype" here.
+  for (const frame of ['prototype', '{"type":"echo","constructor":{"prototype":', '{"__proto__"']) {
+    c.send(frame)
+    t.strictSame(await c.next(), { type: 'error', message: 'Invalid JSON' }, `not JSON: ${frame}`)
+  }
+  await stillOpen(t, c)
+})
+
+t.test('forbidden words as values, escapes and a byte order mark are not refused', async (t) => {
+  const c = await alice(t)
+  const frames: Array<[string, string]> = [
+    ['{"type":"echo","payload":{"text":"__proto__ constructor prototype"}}', '__proto__ constructor prototype'],
+    ['{"type":"echo","payload":{"text":"tab\\there \\u0041"}}', 'tab\there A'],
+    ['{"type":"echo","payload":{"text":"x","constructor":"not an object"}}', 'x'],
+    ['\ufeff{"type":"echo","payload":{"text":"bom"}}', 'bom']
+  ]
+  for (const [frame, text] of frames) {
+    c.send(frame)
+    t.strictSame(await c.next(), { type: 'echo', text }, `accepted: ${frame}`)
+  }
+})
+
 t.test('a frame that is not an object with a string "type" is refused', async (t) => {
   const c = await alice(t)
   const frames = ['[{"type":"ping"}]', '42', '"ping"', 'null', 'true', '{}', '{"type":1}', '{"type":null}', '{"type":["ping"]}', '{"payload":{"text":"x"}}']

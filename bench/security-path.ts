@@ -84,7 +84,7 @@ new Connection(securedSocket as unknown as WebSocket, route, registry, {
   user: { id: 'u1', scopes: ['bench'], expiresAt: Date.now() + 3600_000 },
   session: { ownerId: 'u1' },
   params: { sessionId: 'u1' },
-  limitKey: 'u1',
+  counter: store.holdCounter('u1', route.limits),
   log: silentLog,
   release: noop
 })

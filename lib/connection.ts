@@ -6,6 +6,7 @@ import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope, type CompiledMes
 import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
 import type { Registry } from './registry.js'
+import type { MessageCounter } from './stores/types.js'
 
 /** The connection a socket belongs to, so that two shared listeners serve every socket. */
 const kConnection = Symbol('fastify-secure-ws.connection')
@@ -17,14 +18,15 @@ export interface ConnectionInit {
   user: SecureWsUser
   session: SessionBase
   params: Readonly<Record<string, string>>
-  limitKey: string
+  /** The user's message counter, held for this connection; released when it ends. */
+  counter: MessageCounter
   log: FastifyBaseLogger
   release: () => void
 }
 
 /**
  * One admitted connection: owns its listeners, its entries in the registry (user, topics,
- * expiry watch) and its slot, and lets go of all of them exactly once when the socket closes.
+ * expiry watch), its message counter and its slot, and lets go of all of them exactly once when the socket closes.
  */
 export class Connection implements SecureWsConnection {
   readonly id: string
@@ -37,7 +39,7 @@ export class Connection implements SecureWsConnection {
   topics: Set<string> | undefined
   readonly #socket: WebSocket
   readonly #registry: Registry
-  readonly #limitKey: string
+  readonly #counter: MessageCounter
   readonly #release: () => void
   #closing = false
   #ended = false
@@ -51,7 +53,7 @@ export class Connection implements SecureWsConnection {
     this.route = route
     this.#socket = socket
     this.#registry = registry
-    this.#limitKey = init.limitKey
+    this.#counter = init.counter
     this.#release = init.release
     // Listeners attach in the same tick as the upgrade, so a message sent right after
     // `open` is never missed. `#end` acts once, so a plain `on` does (and costs less).
@@ -133,7 +135,7 @@ export class Connection implements SecureWsConnection {
     if (this.#closing) return
     const route = this.route
     // Every frame counts, valid or not, before anything else is done with it.
-    if (!route.store.consumeMessage(this.#limitKey, route.limits)) {
+    if (!this.#counter.consume()) {
       this.sendError(ERROR_MESSAGES.rateLimited)
       this.closeFor('rateLimited')
       return
@@ -215,6 +217,7 @@ export class Connection implements SecureWsConnection {
     this.#closing = true
     this.#socket.removeListener('message', Connection.#onMessage)
     this.#registry.remove(this)
+    this.#counter.release()
     this.#release()
     if (this.route.onClose !== undefined) {
       try {

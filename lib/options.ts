@@ -83,7 +83,7 @@ export interface ResolvedOptions {
 
 const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs'])
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
-const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'consumeMessage', 'stats', 'close'] as const
+const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'] as const
 
 function fail (message: string): never {
   throw new InvalidOptionError(message)

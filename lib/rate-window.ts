@@ -125,12 +125,14 @@ export interface RateLimits {
 
 /** One user's message counts over the one-second and sixty-second windows. */
 export class RateCounter {
+  readonly limits: Readonly<RateLimits>
   readonly second: RateWindow
   readonly minute: RateWindow
   lastSeen = 0
 
   /** The limits choose the kind of window; a counter serves one set of limits for its life. */
-  constructor (limits: RateLimits) {
+  constructor (limits: Readonly<RateLimits>) {
+    this.limits = limits
     this.second = windowFor(SECOND_MS, SECOND_BUCKETS, limits.messagesPerSecond)
     this.minute = windowFor(MINUTE_MS, MINUTE_BUCKETS, limits.messagesPerMinute)
   }
@@ -140,10 +142,10 @@ export class RateCounter {
    * `extraMinute` added to what this counter holds (events counted elsewhere, e.g. by other
    * instances). Returns false, counting nothing, when either window is full.
    */
-  tryConsume (now: number, limits: RateLimits, extraSecond = 0, extraMinute = 0): boolean {
+  tryConsume (now: number, extraSecond = 0, extraMinute = 0): boolean {
     this.lastSeen = now
-    if (this.second.count(now) + extraSecond >= limits.messagesPerSecond) return false
-    if (this.minute.count(now) + extraMinute >= limits.messagesPerMinute) return false
+    if (this.second.count(now) + extraSecond >= this.limits.messagesPerSecond) return false
+    if (this.minute.count(now) + extraMinute >= this.limits.messagesPerMinute) return false
     this.second.record(now)
     this.minute.record(now)
     return true

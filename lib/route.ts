@@ -7,7 +7,7 @@ import { InvalidRouteError } from './errors.js'
 import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
 import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
 import type { Registry } from './registry.js'
-import type { SecureWsStore } from './stores/types.js'
+import type { MessageCounter, SecureWsStore } from './stores/types.js'
 
 /** Marks a raw request as an upgrade to one of our routes, for the subprotocol choice. */
 export const kSecuredUpgrade = Symbol('fastify-secure-ws.securedUpgrade')
@@ -130,12 +130,22 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   }
 
   function startConnection (socket: WebSocket, request: FastifyRequest, admission: Admitted): void {
+    let counter: MessageCounter
+    try {
+      counter = route.store.holdCounter(admission.limitKey, route.limits)
+    } catch (err) {
+      // Only a custom store can fail here; the slot is freed when the socket closes.
+      request.log.error({ err, userId: admission.user.id, connectionId: admission.connectionId }, 'store could not hold a message counter')
+      const { code, reason } = route.closeReasons.internalError
+      socket.close(code, reason)
+      return
+    }
     const connection = new Connection(socket, route, registry, {
       id: admission.connectionId,
       user: admission.user,
       session: admission.session,
       params: request.params as Record<string, string>,
-      limitKey: admission.limitKey,
+      counter,
       log: request.log,
       release: admission.release
     })

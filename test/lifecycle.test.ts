@@ -71,7 +71,7 @@ function recordingStore (): { store: SecureWsStore, acquired: Array<{ id: string
       released.push(connectionId)
       signal(connectionId)
     },
-    consumeMessage: (key, limits) => real.consumeMessage(key, limits),
+    holdCounter: (key, limits) => real.holdCounter(key, limits),
     stats: () => real.stats(),
     close: () => real.close()
   }

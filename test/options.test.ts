@@ -39,7 +39,7 @@ function storeWithout (method?: string): Record<string, unknown> {
   const store: Record<string, unknown> = {
     acquireSlot: real.acquireSlot.bind(real),
     releaseSlot: real.releaseSlot.bind(real),
-    consumeMessage: real.consumeMessage.bind(real),
+    holdCounter: real.holdCounter.bind(real),
     stats: real.stats.bind(real),
     close: real.close.bind(real)
   }
@@ -81,7 +81,7 @@ const BAD: BadCase[] = [
   { name: 'shutdownTimeoutMs zero', options: { ...VALID, shutdownTimeoutMs: 0 }, message: 'shutdownTimeoutMs must be a positive integer' },
   { name: 'a store that is null', options: { ...VALID, store: null }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
   { name: 'a store that is a string', options: { ...VALID, store: 'redis' }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
-  ...['acquireSlot', 'releaseSlot', 'consumeMessage', 'stats', 'close'].map((method) => ({
+  ...['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'].map((method) => ({
     name: `a store missing ${method}`,
     options: { ...VALID, store: storeWithout(method) },
     message: `store.${method} must be a function (see the SecureWsStore interface)`

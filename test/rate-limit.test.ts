@@ -1,6 +1,7 @@
 import t from 'tap'
 import { EXACT_LIMIT_MAX, RateCounter, SlidingWindowCounter, MINUTE_MS, SECOND_MS } from '../lib/rate-window.js'
-import { build, connect, sign, type BuildOptions, type Client } from './helpers.js'
+import { memoryStore } from '../lib/index.js'
+import { build, connect, eventually, sign, type BuildOptions, type Client } from './helpers.js'
 
 const RATE_ERROR = { type: 'error', message: 'Rate limit exceeded. Connection closed.' }
 const RATE_CLOSE = { code: 1008, reason: 'Rate limit exceeded' }
@@ -77,6 +78,30 @@ t.test('over a real connection', async (t) => {
     t.equal(c.ws.readyState, c.ws.OPEN, 'still connected')
   })
 
+  t.test('a counter stays while a connection holds it, however idle, and goes once unheld and idle', async (t) => {
+    let now = Date.now()
+    const store = memoryStore({ now: () => now, sweepIntervalMs: 5 })
+    const { app, url } = await build(t, { options: { store, limits: { messagesPerSecond: 3, messagesPerMinute: 100 } } })
+    const a1 = await open(t, url)
+    t.equal(app.secureWs.stats().store.rateCounters, 1, 'held from the moment alice connects')
+    now += 5 * MINUTE_MS
+    await sleep(50)
+    t.equal(app.secureWs.stats().store.rateCounters, 1, 'kept through sweeps while held, though idle for minutes')
+    const a2 = await open(t, url)
+    await pings(t, a1, 2, 'first alice connection')
+    a2.send({ type: 'ping' })
+    a2.send({ type: 'ping' })
+    t.strictSame(await a2.next(), PONG, 'second connection: its first ping, the third of this second, is answered')
+    // A counter swept while held would give the second connection counts of its own.
+    await rateLimited(t, a2)
+    await a1.close()
+    t.ok(await eventually(() => app.secureWs.stats().connections === 0), 'both connections ended')
+    await sleep(50)
+    t.equal(app.secureWs.stats().store.rateCounters, 1, 'kept while it still holds this minute\'s counts')
+    now += 2 * MINUTE_MS
+    t.ok(await eventually(() => app.secureWs.stats().store.rateCounters === 0), 'swept once nobody holds it and it is idle')
+  })
+
   t.test('the per-minute limit applies on its own', async (t) => {
     const c = await open(t, await server(t, { limits: { messagesPerSecond: 100, messagesPerMinute: 15 } }))
     for (let i = 0; i < 16; i++) c.send({ type: 'ping' })
@@ -143,7 +168,7 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
         // Mostly bursts, sometimes pauses longer than the window.
         const r = next()
         now += r < 0.7 ? Math.floor(next() * 20) : r < 0.95 ? Math.floor(next() * 300) : 1000 + Math.floor(next() * 1500)
-        if (counter.tryConsume(now, limits)) accepted.push(now)
+        if (counter.tryConsume(now)) accepted.push(now)
         else if (recent(accepted, now, SECOND_MS + 1) < limit) refusedWithRoom++
       }
       t.ok(busiestSpan(accepted, SECOND_MS) <= limit, `seed ${seed}: at most ${limit} in any span of 1000 ms (accepted ${accepted.length})`)
@@ -165,7 +190,7 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
     for (let i = 0; i < 20_000; i++) {
       const r = next()
       now += r < 0.9 ? Math.floor(next() * 4) : 1000 + Math.floor(next() * 1500)
-      if (counter.tryConsume(now, limits)) accepted.push(now)
+      if (counter.tryConsume(now)) accepted.push(now)
       else if (recent(accepted, now, SECOND_MS + SECOND_MS / 20) < limit) refusedWithRoom++
     }
     t.ok(busiestSpan(accepted, SECOND_MS) <= limit, `at most ${limit} in any span of 1000 ms (accepted ${accepted.length})`)
@@ -182,7 +207,7 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
     let now = 0
     for (let i = 0; i < 3000; i++) {
       now += Math.floor(next() * 400)
-      if (counter.tryConsume(now, limits)) accepted.push(now)
+      if (counter.tryConsume(now)) accepted.push(now)
       else if (recent(accepted, now, MINUTE_MS + 1) < limits.messagesPerMinute) refusedWithRoom++
     }
     t.ok(busiestSpan(accepted, MINUTE_MS) <= limits.messagesPerMinute, `at most 40 in any span of 60 s (accepted ${accepted.length})`)
@@ -193,33 +218,33 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
   t.test('accepts again once the window has passed', async (t) => {
     const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
     const counter = new RateCounter(limits)
-    for (let i = 0; i < 10; i++) t.equal(counter.tryConsume(5000 + i, limits), true, `event ${i + 1} accepted`)
-    t.equal(counter.tryConsume(5010, limits), false, 'the 11th in the same second is refused')
-    t.equal(counter.tryConsume(5999, limits), false, 'still refused within the second')
-    t.equal(counter.tryConsume(6000, limits), false, 'still refused exactly one second after the first event')
-    t.equal(counter.tryConsume(6001, limits), true, 'accepted as soon as the first event has left the window')
+    for (let i = 0; i < 10; i++) t.equal(counter.tryConsume(5000 + i), true, `event ${i + 1} accepted`)
+    t.equal(counter.tryConsume(5010), false, 'the 11th in the same second is refused')
+    t.equal(counter.tryConsume(5999), false, 'still refused within the second')
+    t.equal(counter.tryConsume(6000), false, 'still refused exactly one second after the first event')
+    t.equal(counter.tryConsume(6001), true, 'accepted as soon as the first event has left the window')
   })
 
   t.test('a refused event counts in neither window', async (t) => {
     const limits = { messagesPerSecond: 2, messagesPerMinute: 5 }
     const counter = new RateCounter(limits)
-    t.equal(counter.tryConsume(0, limits), true)
-    t.equal(counter.tryConsume(1, limits), true)
-    for (let i = 0; i < 50; i++) t.equal(counter.tryConsume(2 + i, limits), false)
+    t.equal(counter.tryConsume(0), true)
+    t.equal(counter.tryConsume(1), true)
+    for (let i = 0; i < 50; i++) t.equal(counter.tryConsume(2 + i), false)
     t.equal(counter.minute.count(100), 2, 'the minute window holds only the accepted events')
-    t.equal(counter.tryConsume(1100, limits), true, 'the next second accepts again')
+    t.equal(counter.tryConsume(1100), true, 'the next second accepts again')
   })
 
   t.test('the per-minute limit refuses even when the second has room', async (t) => {
     const limits = { messagesPerSecond: 10, messagesPerMinute: 3 }
     const counter = new RateCounter(limits)
-    t.equal(counter.tryConsume(0, limits), true)
-    t.equal(counter.tryConsume(2000, limits), true)
-    t.equal(counter.tryConsume(4000, limits), true)
-    t.equal(counter.tryConsume(6000, limits), false)
-    t.equal(counter.tryConsume(59_000, limits), false, 'still refused within the minute')
-    t.equal(counter.tryConsume(MINUTE_MS, limits), false, 'refused exactly one minute after the first event')
-    t.equal(counter.tryConsume(MINUTE_MS + 1, limits), true, 'accepted once the first event left the window')
+    t.equal(counter.tryConsume(0), true)
+    t.equal(counter.tryConsume(2000), true)
+    t.equal(counter.tryConsume(4000), true)
+    t.equal(counter.tryConsume(6000), false)
+    t.equal(counter.tryConsume(59_000), false, 'still refused within the minute')
+    t.equal(counter.tryConsume(MINUTE_MS), false, 'refused exactly one minute after the first event')
+    t.equal(counter.tryConsume(MINUTE_MS + 1), true, 'accepted once the first event left the window')
   })
 
   t.test('SlidingWindowCounter counts what was added over the last window', async (t) => {
@@ -239,7 +264,7 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
   t.test('isIdle reports a counter that can no longer affect a check', async (t) => {
     const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
     const counter = new RateCounter(limits)
-    counter.tryConsume(1000, limits)
+    counter.tryConsume(1000)
     t.equal(counter.isIdle(1000 + MINUTE_MS), false)
     t.equal(counter.isIdle(1000 + MINUTE_MS + MINUTE_MS / 60 + 1), true)
   })

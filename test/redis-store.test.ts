@@ -81,6 +81,8 @@ if (requireRedis(t)) {
       const onA = await connect(a!.url('/ws/alice-1'), { token })
       const onB = await connect(b!.url('/ws/alice-1'), { token })
       for (let i = 0; i < 6; i++) t.same(await ping(onA), { type: 'pong' })
+      // Each instance syncs every 50 ms on a timer of its own: A's counts are in Redis by now.
+      await new Promise((resolve) => setTimeout(resolve, 150))
       // B learns A's count at its first sync after its own first message.
       t.same(await ping(onB), { type: 'pong' })
       await new Promise((resolve) => setTimeout(resolve, 150))

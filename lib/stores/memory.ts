@@ -1,7 +1,7 @@
 import { InvalidOptionError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { RateCounter, type RateLimits } from '../rate-window.js'
-import type { SecureWsStore, StoreStats } from './types.js'
+import type { MessageCounter, SecureWsStore, StoreStats } from './types.js'
 
 export interface MemoryStoreOptions {
   /**
@@ -15,10 +15,29 @@ export interface MemoryStoreOptions {
 
 const DEFAULT_SWEEP_INTERVAL_MS = 10_000
 
+/** A user's counts in this process, and how many connections hold them. */
+class HeldCounter extends RateCounter implements MessageCounter {
+  holders = 0
+  readonly #now: () => number
+
+  constructor (limits: Readonly<RateLimits>, now: () => number) {
+    super(limits)
+    this.#now = now
+  }
+
+  consume (): boolean {
+    return this.tryConsume(this.#now())
+  }
+
+  release (): void {
+    this.holders--
+  }
+}
+
 /** Counters and slots shared by the connections of one process. */
 export class MemoryStore implements SecureWsStore {
   readonly #slots = new Map<string, Set<string>>()
-  readonly #counters = new Map<string, RateCounter>()
+  readonly #counters = new Map<string, HeldCounter>()
   readonly #now: () => number
   readonly #sweepIntervalMs: number
   #sweeper: NodeJS.Timeout | undefined
@@ -42,14 +61,15 @@ export class MemoryStore implements SecureWsStore {
     removeFrom(this.#slots, key, connectionId)
   }
 
-  consumeMessage (key: string, limits: RateLimits): boolean {
+  holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter {
     let counter = this.#counters.get(key)
     if (counter === undefined) {
-      counter = new RateCounter(limits)
+      counter = new HeldCounter(limits, this.#now)
       this.#counters.set(key, counter)
       this.#startSweeper()
     }
-    return counter.tryConsume(this.#now(), limits)
+    counter.holders++
+    return counter
   }
 
   stats (): StoreStats {
@@ -77,7 +97,8 @@ export class MemoryStore implements SecureWsStore {
   #sweep (): void {
     const now = this.#now()
     for (const [key, counter] of this.#counters) {
-      if (counter.isIdle(now)) this.#counters.delete(key)
+      // A held counter stays: its connection counts on it, and a second one for the same key would split the user's counts.
+      if (counter.holders === 0 && counter.isIdle(now)) this.#counters.delete(key)
     }
     if (this.#counters.size === 0) this.#stopSweeper()
   }

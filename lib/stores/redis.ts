@@ -5,7 +5,7 @@ import secureJson from 'secure-json-parse'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { MINUTE_MS, RateCounter, SECOND_MS, type RateLimits } from '../rate-window.js'
-import type { BroadcastEvent, SecureWsStore, StoreContext, StoreStats } from './types.js'
+import type { BroadcastEvent, MessageCounter, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
 export interface RedisStoreOptions {
   /** An ioredis client the app owns; the store never closes it. Give this or `url`. */
@@ -36,6 +36,8 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 1000
 const RATE_BUCKET_MS = 50
 const RATE_SWEEP_MS = 10_000
 const RENEW_BATCH = 500
+// Users whose counts go to Redis in one script call; a sync sends as many calls as it needs.
+const RATE_BATCH = 500
 
 // Server time, so instances with skewed clocks agree on when a lease runs out.
 const NOW_MS = `local t = redis.call('TIME')
@@ -57,48 +59,104 @@ for i = 1, #KEYS do
 end
 return #KEYS`
 
-// Adds this instance's counts per 50 ms bucket, drops buckets past the windows and returns
-// the totals of every instance over the last second (21 buckets) and minute (61 buckets).
+// For each key: adds this instance's counts per 50 ms bucket, drops buckets past the windows
+// and returns the totals of every instance over the last second (21 buckets) and minute (61
+// buckets). One call carries every user a sync has counts for: ARGV is now's bucket, the
+// keys' time to live, then per key the number of its (bucket, count) pairs and the pairs.
 const RATE_LUA = `local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
 local nowMinute = math.floor(now / 20)
-for i = 3, #ARGV, 2 do
-  local tick = tonumber(ARGV[i])
-  local n = tonumber(ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[1], 's' .. tick, n)
-  redis.call('HINCRBY', KEYS[1], 'm' .. math.floor(tick / 20), n)
-end
-local second, minute = 0, 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local field = fields[i]
-  local tick = tonumber(string.sub(field, 2))
-  local n = tonumber(fields[i + 1])
-  if string.sub(field, 1, 1) == 's' then
-    if tick > now - 21 then second = second + n else redis.call('HDEL', KEYS[1], field) end
-  else
-    if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', KEYS[1], field) end
+local totals = {}
+local a = 3
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local runs = tonumber(ARGV[a])
+  a = a + 1
+  for r = 1, runs do
+    local tick = tonumber(ARGV[a])
+    local n = tonumber(ARGV[a + 1])
+    a = a + 2
+    redis.call('HINCRBY', key, 's' .. tick, n)
+    redis.call('HINCRBY', key, 'm' .. math.floor(tick / 20), n)
   end
+  local second, minute = 0, 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local field = fields[i]
+    local tick = tonumber(string.sub(field, 2))
+    local n = tonumber(fields[i + 1])
+    if string.sub(field, 1, 1) == 's' then
+      if tick > now - 21 then second = second + n else redis.call('HDEL', key, field) end
+    else
+      if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', key, field) end
+    end
+  end
+  redis.call('PEXPIRE', key, ttl)
+  totals[2 * k - 1] = second
+  totals[2 * k] = minute
 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return { second, minute }`
+return totals`
 
 interface ScriptedRedis extends Redis {
   secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<number>
   secureWsRenew (...args: Array<string | number>): Promise<number>
-  secureWsRate (key: string, nowTick: number, ttlMs: number, ...deltas: number[]): Promise<[number, number]>
+  secureWsRate (...args: Array<string | number>): Promise<number[]>
 }
 
-/** One user's message counts: this instance's own, exact, and the others' as of the last sync. */
-class SharedRate {
-  readonly local: RateCounter
-  pending = new Map<number, number>()
+/**
+ * One user's message counts: this instance's own, exact, and the others' as of the last sync.
+ * The message path only counts locally and notes what Redis has not seen yet.
+ */
+class SharedRate extends RateCounter implements MessageCounter {
+  readonly redisKey: string
+  holders = 0
+  /** Counts Redis has not seen, as runs of (50 ms bucket, count) in arrival order. */
+  pendingTicks: number[] = []
+  pendingCounts: number[] = []
   pendingCount = 0
   remoteSecond = 0
   remoteMinute = 0
   syncedAt = Number.NEGATIVE_INFINITY
+  /** The store's set of counters with counts to send. */
+  readonly #dirty: Set<SharedRate>
 
-  constructor (limits: RateLimits) {
-    this.local = new RateCounter(limits)
+  constructor (redisKey: string, limits: Readonly<RateLimits>, dirty: Set<SharedRate>) {
+    super(limits)
+    this.redisKey = redisKey
+    this.#dirty = dirty
+  }
+
+  consume (): boolean {
+    const now = Date.now()
+    const age = now - this.syncedAt
+    if (!this.tryConsume(now, age <= SECOND_MS ? this.remoteSecond : 0, age <= MINUTE_MS ? this.remoteMinute : 0)) return false
+    const tick = Math.floor(now / RATE_BUCKET_MS)
+    const last = this.pendingTicks.length - 1
+    if (last >= 0 && this.pendingTicks[last] === tick) {
+      this.pendingCounts[last]!++
+    } else {
+      this.pendingTicks.push(tick)
+      this.pendingCounts.push(1)
+    }
+    if (this.pendingCount++ === 0) this.#dirty.add(this)
+    return true
+  }
+
+  release (): void {
+    this.holders--
+  }
+
+  /** Appends the pending counts to a sync's arguments and forgets them. */
+  takePending (args: number[]): void {
+    args.push(this.pendingTicks.length)
+    for (let i = 0; i < this.pendingTicks.length; i++) args.push(this.pendingTicks[i]!, this.pendingCounts[i]!)
+    this.dropPending()
+  }
+
+  dropPending (): void {
+    this.pendingTicks = []
+    this.pendingCounts = []
+    this.pendingCount = 0
   }
 }
 
@@ -130,7 +188,7 @@ export class RedisStore implements SecureWsStore {
   /** Slots this instance holds: limit key → members. */
   readonly #held = new Map<string, Set<string>>()
   readonly #rates = new Map<string, SharedRate>()
-  readonly #dirty = new Set<string>()
+  readonly #dirty = new Set<SharedRate>()
   /** Slots released while Redis was unreachable, freed there once it is back. */
   #releasedWhileAway: Array<[key: string, member: string]> = []
   #log: FastifyBaseLogger = SILENT_LOG
@@ -170,7 +228,7 @@ export class RedisStore implements SecureWsStore {
     this.#subscriber = client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, retryStrategy: clientOptions.retryStrategy })
     client.defineCommand('secureWsAcquire', { numberOfKeys: 1, lua: ACQUIRE_LUA })
     client.defineCommand('secureWsRenew', { lua: RENEW_LUA })
-    client.defineCommand('secureWsRate', { numberOfKeys: 1, lua: RATE_LUA })
+    client.defineCommand('secureWsRate', { lua: RATE_LUA })
 
     client.on('ready', this.#onReady)
     client.on('error', this.#onDown)
@@ -226,24 +284,16 @@ export class RedisStore implements SecureWsStore {
     })
   }
 
-  consumeMessage (key: string, limits: RateLimits): boolean {
+  holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter {
     let rate = this.#rates.get(key)
     if (rate === undefined) {
-      rate = new SharedRate(limits)
+      rate = new SharedRate(`${this.#prefix}rate:${key}`, limits, this.#dirty)
       this.#rates.set(key, rate)
+      this.#startSyncing()
       this.#startSweeping()
     }
-    const now = Date.now()
-    const age = now - rate.syncedAt
-    const remoteSecond = age <= SECOND_MS ? rate.remoteSecond : 0
-    const remoteMinute = age <= MINUTE_MS ? rate.remoteMinute : 0
-    if (!rate.local.tryConsume(now, limits, remoteSecond, remoteMinute)) return false
-    const tick = Math.floor(now / RATE_BUCKET_MS)
-    rate.pending.set(tick, (rate.pending.get(tick) ?? 0) + 1)
-    rate.pendingCount++
-    this.#dirty.add(key)
-    this.#startSyncing()
-    return true
+    rate.holders++
+    return rate
   }
 
   async broadcast (event: BroadcastEvent): Promise<void> {
@@ -401,7 +451,7 @@ export class RedisStore implements SecureWsStore {
     this.#sweepTimer = setInterval(() => {
       const now = Date.now()
       for (const [key, rate] of this.#rates) {
-        if (rate.local.isIdle(now) && rate.pendingCount === 0) this.#rates.delete(key)
+        if (rate.holders === 0 && rate.isIdle(now) && rate.pendingCount === 0) this.#rates.delete(key)
       }
       if (this.#rates.size === 0) {
         clearInterval(this.#sweepTimer)
@@ -421,48 +471,44 @@ export class RedisStore implements SecureWsStore {
     // bursts on other instances are seen before this one accepts more.
     if (now - this.#lastStaleScan >= SECOND_MS) {
       this.#lastStaleScan = now
-      for (const [key, rate] of this.#rates) {
-        if (now - rate.syncedAt >= SECOND_MS && !rate.local.isIdle(now)) this.#dirty.add(key)
+      for (const rate of this.#rates.values()) {
+        if (now - rate.syncedAt >= SECOND_MS && !rate.isIdle(now)) this.#dirty.add(rate)
       }
     }
     if (this.#dirty.size === 0) return
+    const batch = [...this.#dirty]
+    this.#dirty.clear()
     if (!this.#available) {
       // During an outage every instance counts alone; counts taken meanwhile are not replayed.
-      for (const key of this.#dirty) {
-        const rate = this.#rates.get(key)
-        if (rate !== undefined) { rate.pending.clear(); rate.pendingCount = 0 }
-      }
-      this.#dirty.clear()
+      for (const rate of batch) rate.dropPending()
       return
     }
     const nowTick = Math.floor(now / RATE_BUCKET_MS)
-    const pipeline = this.#client.pipeline() as unknown as { secureWsRate: ScriptedRedis['secureWsRate'], exec: () => Promise<Array<[Error | null, unknown]> | null> }
-    const batch: SharedRate[] = []
-    for (const key of this.#dirty) {
-      const rate = this.#rates.get(key)
-      if (rate === undefined) continue
-      const deltas: number[] = []
-      for (const [tick, n] of rate.pending) deltas.push(tick, n)
-      rate.pending = new Map()
-      rate.pendingCount = 0
-      pipeline.secureWsRate(`${this.#prefix}rate:${key}`, nowTick, MINUTE_MS * 2, ...deltas)
-      batch.push(rate)
+    const calls: Array<Promise<void>> = []
+    for (let start = 0; start < batch.length; start += RATE_BATCH) {
+      const part = batch.slice(start, start + RATE_BATCH)
+      const args: number[] = [nowTick, MINUTE_MS * 2]
+      for (const rate of part) rate.takePending(args)
+      const call = this.#client.secureWsRate(part.length, ...part.map((rate) => rate.redisKey), ...args)
+      calls.push(this.#timed(call).then((totals) => this.#learn(part, totals), () => {}))
     }
-    this.#dirty.clear()
-    if (batch.length === 0) return
     this.#syncing = true
-    this.#timed(pipeline.exec()).then((results) => {
-      const at = Date.now()
-      results?.forEach(([err, value], i) => {
-        if (err !== null || !Array.isArray(value)) return
-        const rate = batch[i]!
-        const [second, minute] = value as [number, number]
-        // Redis totals include what this instance sent; what it counted since is still pending.
-        rate.remoteSecond = Math.max(0, second - (rate.local.second.count(at) - rate.pendingCount))
-        rate.remoteMinute = Math.max(0, minute - (rate.local.minute.count(at) - rate.pendingCount))
-        rate.syncedAt = at
-      })
-    }, () => {}).finally(() => { this.#syncing = false })
+    Promise.all(calls).finally(() => { this.#syncing = false })
+  }
+
+  /** Takes in what Redis counted for each user of a sync, every instance together. */
+  #learn (part: SharedRate[], totals: number[]): void {
+    const at = Date.now()
+    for (let i = 0; i < part.length; i++) {
+      const rate = part[i]!
+      const second = totals[2 * i]
+      const minute = totals[2 * i + 1]
+      if (typeof second !== 'number' || typeof minute !== 'number') continue
+      // Redis totals include what this instance sent; what it counted since is still pending.
+      rate.remoteSecond = Math.max(0, second - (rate.second.count(at) - rate.pendingCount))
+      rate.remoteMinute = Math.max(0, minute - (rate.minute.count(at) - rate.pendingCount))
+      rate.syncedAt = at
+    }
   }
 }
 

@@ -3,6 +3,21 @@ import type { RateLimits } from '../rate-window.js'
 
 export type { RateLimits }
 
+/**
+ * One key's message counts, shared by every connection counted under that key. A connection
+ * holds its counter for its whole life, so a message costs one call on an object it already
+ * has, with no lookup by key.
+ */
+export interface MessageCounter {
+  /**
+   * Counts one inbound message now; false, counting nothing, when either window is already
+   * full. Synchronous by design: the per-message path never waits on I/O.
+   */
+  consume (): boolean
+  /** Lets go of the counter; called exactly once per `holdCounter` call, when the connection ends. */
+  release (): void
+}
+
 /** What a store reports for `fastify.secureWs.stats()`. */
 export interface StoreStats {
   /** Connection slots this process holds, by limit key. */
@@ -40,8 +55,13 @@ export interface SecureWsStore {
   acquireSlot (key: string, connectionId: string, limit: number): boolean | Promise<boolean>
   /** Frees the slot. Called exactly once per acquired slot; a rejection is logged. */
   releaseSlot (key: string, connectionId: string): void | Promise<void>
-  /** Counts one inbound message for `key`; false when either window is already full. */
-  consumeMessage (key: string, limits: RateLimits): boolean
+  /**
+   * The message counter for `key`, held by one connection until it calls `release`. Every
+   * call with the same key while any holder remains returns a counter over the same counts
+   * (`limits` are the same for a key). A counter nobody holds stays until it has been idle
+   * for a minute, so reconnecting does not reset a user's counts.
+   */
+  holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter
   /** Called once at registration; a shared store starts listening for broadcasts here. */
   init? (context: StoreContext): void
   /**

@@ -26,7 +26,8 @@ export interface ConnectionInit {
 
 /**
  * One admitted connection: owns its listeners, its entries in the registry (user, topics,
- * expiry watch), its message counter and its slot, and lets go of all of them exactly once when the socket closes.
+ * expiry watch), its message counter and its slot, and lets go of all of them exactly once
+ * when the socket closes.
  */
 export class Connection implements SecureWsConnection {
   readonly id: string
@@ -217,8 +218,13 @@ export class Connection implements SecureWsConnection {
     this.#closing = true
     this.#socket.removeListener('message', Connection.#onMessage)
     this.#registry.remove(this)
-    this.#counter.release()
     this.#release()
+    try {
+      this.#counter.release()
+    } catch (err) {
+      // Only a custom store can throw here; the connection is over either way.
+      this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'store failed to release a message counter')
+    }
     if (this.route.onClose !== undefined) {
       try {
         this.route.onClose(this)

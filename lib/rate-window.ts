@@ -128,7 +128,6 @@ export class RateCounter {
   readonly limits: Readonly<RateLimits>
   readonly second: RateWindow
   readonly minute: RateWindow
-  lastSeen = 0
 
   /** The limits choose the kind of window; a counter serves one set of limits for its life. */
   constructor (limits: Readonly<RateLimits>) {
@@ -143,7 +142,6 @@ export class RateCounter {
    * instances). Returns false, counting nothing, when either window is full.
    */
   tryConsume (now: number, extraSecond = 0, extraMinute = 0): boolean {
-    this.lastSeen = now
     if (this.second.count(now) + extraSecond >= this.limits.messagesPerSecond) return false
     if (this.minute.count(now) + extraMinute >= this.limits.messagesPerMinute) return false
     this.second.record(now)
@@ -151,8 +149,11 @@ export class RateCounter {
     return true
   }
 
-  /** True once nothing counted here can affect a future check. */
+  /**
+   * True once nothing counted here can affect a future check: the minute window is empty
+   * (every counted message is in both windows, and the minute's is the longer).
+   */
   isIdle (now: number): boolean {
-    return now - this.lastSeen > MINUTE_MS + MINUTE_MS / MINUTE_BUCKETS
+    return this.minute.count(now) === 0
   }
 }

@@ -121,6 +121,35 @@ t.test('a connection that subscribed to topics leaves no topic behind', async (t
   t.equal(await app.secureWs.publish('news', 'news', { text: 'nobody' }), 0)
 })
 
+t.test('a custom store whose message counter fails costs no slot and no crash', async (t) => {
+  const real = memoryStore()
+  let failHold = true
+  const store: SecureWsStore = {
+    acquireSlot: (key, id, limit) => real.acquireSlot(key, id, limit),
+    releaseSlot: (key, id) => real.releaseSlot(key, id),
+    holdCounter (key, limits) {
+      if (failHold) throw new Error('counter backend down')
+      const counter = real.holdCounter(key, limits)
+      return { consume: () => counter.consume(), release: () => { counter.release(); throw new Error('release failed') } }
+    },
+    stats: () => real.stats(),
+    close: () => real.close()
+  }
+  const { app, url, logs } = await build(t, { options: { store, limits: { connectionsPerUser: 1 } } })
+  const refused = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  t.same(await refused.closed, { code: 1011, reason: 'Internal server error' }, 'holdCounter throwing closes with 1011')
+  await expectIdle(t, app, 'the slot taken for it is free again')
+  t.equal(logs.filter((line) => line.includes('store could not hold a message counter') && line.includes('"userId":"alice"')).length, 1, 'logged once, with the user id')
+
+  failHold = false
+  const c = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  c.send({ type: 'ping' })
+  t.same(await c.next(), { type: 'pong' }, 'the single slot was free: the next connection works')
+  await c.close()
+  await expectIdle(t, app, 'release throwing still frees the slot')
+  t.equal(logs.filter((line) => line.includes('store failed to release a message counter')).length, 1, 'the failed release is logged once')
+})
+
 t.test('server-side close paths free the slot', async (t) => {
   t.test('rate limit close', async (t) => {
     const { app, url } = await build(t, { options: { limits: { connectionsPerUser: 1, messagesPerSecond: 2 } } })

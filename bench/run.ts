@@ -88,7 +88,7 @@ const ALL_TARGETS: Target[] = [
 const FIXED_RATE = 10_000
 const FIXED_UPGRADE_RATE = 250
 const THROUGHPUT_ARGS = ['--connections', '50', '--users', '50', '--depth', '16', '--warmup-ms', '400', '--duration-ms', '750', '--rate', String(FIXED_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '1000']
-const HANDSHAKE_ARGS = ['--concurrency', '16', '--users', '2000', '--warmup-ms', '1750', '--duration-ms', '750', '--rate', String(FIXED_UPGRADE_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '1500']
+const HANDSHAKE_ARGS = ['--concurrency', '16', '--users', '2000', '--warmup-ms', '2750', '--duration-ms', '750', '--rate', String(FIXED_UPGRADE_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '1500']
 const MEMORY_CONNECTIONS = 10_000
 const MEMORY_ARGS = ['--connections', String(MEMORY_CONNECTIONS), '--users', '2000', '--concurrency', '200']
 

@@ -34,7 +34,8 @@ const { values: args } = parseArgs({
     'duration-ms': { type: 'string' },
     rate: { type: 'string' },
     'rate-warmup-ms': { type: 'string' },
-    'rate-duration-ms': { type: 'string' }
+    'rate-duration-ms': { type: 'string' },
+    'rate-pause-ms': { type: 'string' }
   }
 })
 
@@ -52,7 +53,18 @@ if (clientKind !== 'ws' && clientKind !== 'socketio') throw new Error('--client 
 const port = int('port', args.port, 0)
 if (port >= 32768) throw new Error('--port must be below 32768')
 const localAddress = args.local
-if (!/^127\.\d+\.\d+\.\d+$/.test(localAddress)) throw new Error('--local must be a loopback address')
+if (!/^127\.0\.\d+\.\d+$/.test(localAddress)) throw new Error('--local must be a loopback address 127.0.x.y')
+// Connections take turns over 16 source addresses, 127.0.x.y to 127.15.x.y (the orchestrator
+// hands out only 127.0.x.y, so these are this process's own). Node binds a source address
+// before it connects, and Linux then looks for a port no other socket bound to that address
+// holds: with 10,000 held from one address, that search took ~1.8 ms per connection, 80% of
+// the load generator's time in the memory figure.
+const SOURCE_ADDRESSES = Array.from({ length: 16 }, (_, k) => localAddress.replace(/^127\.0\./, `127.${k}.`))
+let lastSource = 0
+function sourceAddress (): string {
+  lastSource = (lastSource + 1) % SOURCE_ADDRESSES.length
+  return SOURCE_ADDRESSES[lastSource]!
+}
 const secret = process.env.JWT_SECRET
 if (secret === undefined || secret === '') throw new Error('JWT_SECRET is required')
 
@@ -89,7 +101,7 @@ interface BenchClient {
 function connectWs (user: number, h: Handlers): BenchClient {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/u${user}`, ['bearer', tokenFor(user)], {
     origin: BENCH_ORIGIN,
-    localAddress,
+    localAddress: sourceAddress(),
     perMessageDeflate: false
   })
   ws.on('open', h.onOpen)
@@ -113,7 +125,7 @@ function connectSocketIo (user: number, h: Handlers): BenchClient {
     forceNew: true,
     reconnection: false,
     extraHeaders: { origin: BENCH_ORIGIN },
-    localAddress
+    localAddress: sourceAddress()
   }
   const socket = io(`http://127.0.0.1:${port}`, options)
   let raw: WebSocket | null | undefined
@@ -228,48 +240,27 @@ function fixedRate (rate: number, fire: () => void): { skipped: number, stop: ()
 /** Length of the sub-windows a fixed-rate window is cut into. */
 const SPLIT_MS = 250
 
-/**
- * Cuts the window that starts now into sub-windows: emits `rate-split` between them (the
- * orchestrator reads the server's CPU time at each) and counts the events of each. Call the
- * returned function just before `rate-stop`; it returns the counts. A burst of other work on
- * the machine then spoils one sub-window, not the round: the orchestrator takes their median.
- */
-function splitWindow (count: () => number): () => number[] {
-  const counts: number[] = []
-  let last = count()
-  const cut = (): void => {
-    const now = count()
-    counts.push(now - last)
-    last = now
-  }
-  const timer = setInterval(() => {
-    cut()
-    emit({ mark: 'rate-split' })
-  }, SPLIT_MS)
-  return () => {
-    clearInterval(timer)
-    cut()
-    return counts
-  }
-}
-
 interface FixedRate {
   rate: number
   warmupMs: number
   durationMs: number
+  /** Traffic stops this long before each sub-window after the first. */
+  pauseMs: number
 }
 
-/** `--rate`, `--rate-warmup-ms` and `--rate-duration-ms`, with the mode's default rate. */
+/** `--rate`, `--rate-warmup-ms`, `--rate-duration-ms` and `--rate-pause-ms`, with the mode's defaults. */
 function fixedRateArgs (defaultRate: number): FixedRate {
   return {
     rate: int('rate', args.rate, defaultRate),
     warmupMs: int('rate-warmup-ms', args['rate-warmup-ms'], 300),
-    durationMs: int('rate-duration-ms', args['rate-duration-ms'], 2500)
+    durationMs: int('rate-duration-ms', args['rate-duration-ms'], 2500),
+    pauseMs: args['rate-pause-ms'] === '0' ? 0 : int('rate-pause-ms', args['rate-pause-ms'], 0)
   }
 }
 
 interface FixedWindow {
   rate: number
+  /** Seconds of traffic in the window (pauses left out). */
   seconds: number
   /** Events the load generator could not fire in time. */
   skipped: number
@@ -279,24 +270,47 @@ interface FixedWindow {
 
 /**
  * The measured fixed-rate window of a figure: fires `rate` events a second, `warmupMs`
- * unmeasured, then `durationMs` between the `rate-start` and `rate-stop` marks, cut into
- * sub-windows whose events `count` reads. `setMeasuring` tells the caller when events count.
+ * unmeasured, then `durationMs` of traffic between the `rate-start` and `rate-stop` marks,
+ * cut into sub-windows of SPLIT_MS by `rate-split` marks (the orchestrator reads the server's
+ * CPU time at each and takes the median over sub-windows, so a burst of other work on the
+ * machine spoils one sub-window, not the round). `count` reads the events answered so far;
+ * `setMeasuring` tells the caller when events count.
+ *
+ * With `pauseMs`, traffic stops for that long at the start of each sub-window after the
+ * first. On a shared machine one stretch of steady traffic settles into a cost per event
+ * that holds for the whole stretch and differs from the next by up to ±15%; a pause
+ * starts a new stretch, so each sub-window is a sample of its own.
  */
-async function fixedRateWindow ({ rate, warmupMs, durationMs }: FixedRate, fire: () => void, count: () => number, setMeasuring: (on: boolean) => void): Promise<FixedWindow> {
-  const ticker = fixedRate(rate, fire)
+async function fixedRateWindow ({ rate, warmupMs, durationMs, pauseMs }: FixedRate, fire: () => void, count: () => number, setMeasuring: (on: boolean) => void): Promise<FixedWindow> {
+  let ticker = fixedRate(rate, fire)
   await sleep(warmupMs)
   ticker.skipped = 0
+  let skipped = 0
   setMeasuring(true)
   emit({ mark: 'rate-start' })
-  const started = performance.now()
-  const endSplits = splitWindow(count)
-  await sleep(durationMs)
-  const splits = endSplits()
+  const splits: number[] = []
+  const subWindows = Math.max(1, Math.round(durationMs / SPLIT_MS))
+  let last = count()
+  let trafficMs = 0
+  for (let i = 0; i < subWindows; i++) {
+    if (i > 0) emit({ mark: 'rate-split' })
+    if (i > 0 && pauseMs > 0) {
+      skipped += ticker.skipped
+      ticker.stop()
+      await sleep(pauseMs)
+      ticker = fixedRate(rate, fire)
+    }
+    const began = performance.now()
+    await sleep(SPLIT_MS)
+    trafficMs += performance.now() - began
+    const now = count()
+    splits.push(now - last)
+    last = now
+  }
   emit({ mark: 'rate-stop' })
   setMeasuring(false)
-  const seconds = (performance.now() - started) / 1000
   ticker.stop()
-  return { rate, seconds, skipped: ticker.skipped, splits }
+  return { rate, seconds: trafficMs / 1000, skipped: skipped + ticker.skipped, splits }
 }
 
 /** What both figures report of their fixed-rate window, `events` being what was answered in it. */

@@ -26,7 +26,7 @@
  * medians; all of it, per-round figures included, in bench/results.json with the date, the
  * machine and the load average (a shared, busy machine makes every figure noisier).
  *
- * Environment: BENCH_ROUNDS (default 5, baseline and secure), BENCH_OTHER_ROUNDS (default 2,
+ * Environment: BENCH_ROUNDS (default 6, baseline and secure), BENCH_OTHER_ROUNDS (default 2,
  * the other targets), BENCH_MEMORY_ROUNDS (default 1), BENCH_TARGETS
  * (comma list of target names, default all), BENCH_OUT (default bench/results.json).
  * Needs Linux (/proc, taskset) and 2 cores; the Redis target needs `redis-server` and
@@ -49,7 +49,7 @@ const JWT_SECRET = 'fastify-secure-ws-bench-secret-0123456789abcdef'
 // The 5% targets compare secure with baseline, and one fresh server's CPU per message moves by
 // up to ~10% from process to process, so those two get the most rounds; the other targets
 // are judged against wider bounds (or none) and get fewer, which keeps the run in 5 minutes.
-const ROUNDS = readInt('BENCH_ROUNDS', 5, 1, 15)
+const ROUNDS = readInt('BENCH_ROUNDS', 6, 1, 15)
 const OTHER_ROUNDS = Math.min(ROUNDS, readInt('BENCH_OTHER_ROUNDS', 2, 1, 15))
 const MEMORY_ROUNDS = Math.min(OTHER_ROUNDS, readInt('BENCH_MEMORY_ROUNDS', 1, 0, 10))
 const MOST_ROUNDS = new Set(['baseline', 'secure'])
@@ -87,7 +87,7 @@ const ALL_TARGETS: Target[] = [
 // Figures: sizes and durations, all bounded.
 const FIXED_RATE = 10_000
 const FIXED_UPGRADE_RATE = 250
-const THROUGHPUT_ARGS = ['--connections', '50', '--users', '50', '--depth', '16', '--warmup-ms', '400', '--duration-ms', '750', '--rate', String(FIXED_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '1000']
+const THROUGHPUT_ARGS = ['--connections', '50', '--users', '50', '--depth', '16', '--warmup-ms', '400', '--duration-ms', '750', '--rate', String(FIXED_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '2000', '--rate-pause-ms', '150']
 const HANDSHAKE_ARGS = ['--concurrency', '16', '--users', '2000', '--warmup-ms', '2750', '--duration-ms', '750', '--rate', String(FIXED_UPGRADE_RATE), '--rate-warmup-ms', '250', '--rate-duration-ms', '1500']
 const MEMORY_CONNECTIONS = 10_000
 const MEMORY_ARGS = ['--connections', String(MEMORY_CONNECTIONS), '--users', '2000', '--concurrency', '200']

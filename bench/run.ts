@@ -16,7 +16,7 @@
  * - Figure 3: a fresh server, a warm-up of 200 connections, a collection (global.gc through
  *   SIGUSR2) and a VmRSS reading; then 10,000 authenticated connections over 2,000 users each
  *   answer a ping and are held; collection and reading again. Bytes per connection = the
- *   difference / connections held. Opening 10,000 connections costs ~10-30 s per target on
+ *   difference / connections held. Opening 10,000 connections costs ~5-10 s per target on
  *   2 cores, so it runs in BENCH_MEMORY_ROUNDS rounds (default 1) to keep the run in 5 minutes.
  * - Figure 4 (bench/security-path.ts) runs once, in-process: CPU ns per message through the
  *   plugin's real Connection vs a plain JSON.parse/switch/JSON.stringify handler.

@@ -119,11 +119,15 @@ function slotRelease (store: CompiledRoute['store'], limitKey: string, connectio
   return () => {
     if (released) return
     released = true
-    const result = store.releaseSlot(limitKey, connectionId)
-    if (isThenable(result)) {
-      result.then(undefined, (err: unknown) => {
-        log.error({ err, userId, connectionId }, 'store failed to release a connection slot')
-      })
+    const failed = (err: unknown): void => {
+      log.error({ err, userId, connectionId }, 'store failed to release a connection slot')
     }
+    let result: void | Promise<void>
+    try {
+      result = store.releaseSlot(limitKey, connectionId)
+    } catch (err) {
+      return failed(err)
+    }
+    if (isThenable(result)) result.then(undefined, failed)
   }
 }

@@ -136,7 +136,16 @@ export class Connection implements SecureWsConnection {
     if (this.#closing) return
     const route = this.route
     // Every frame counts, valid or not, before anything else is done with it.
-    if (!this.#counter.consume()) {
+    let counted: boolean
+    try {
+      counted = this.#counter.consume()
+    } catch (err) {
+      // Only a custom store can throw here; a frame it could not count is not let through.
+      this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'store failed to count a message')
+      this.closeFor('internalError')
+      return
+    }
+    if (!counted) {
       this.sendError(ERROR_MESSAGES.rateLimited)
       this.closeFor('rateLimited')
       return

@@ -133,6 +133,9 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
     let counter: MessageCounter
     try {
       counter = route.store.holdCounter(admission.limitKey, route.limits)
+      if (typeof counter?.consume !== 'function' || typeof counter.release !== 'function') {
+        throw new TypeError('holdCounter must return { consume, release } (see the MessageCounter interface)')
+      }
     } catch (err) {
       // Only a custom store can fail here; the slot is freed when the socket closes.
       request.log.error({ err, userId: admission.user.id, connectionId: admission.connectionId }, 'store could not hold a message counter')

@@ -121,33 +121,72 @@ t.test('a connection that subscribed to topics leaves no topic behind', async (t
   t.equal(await app.secureWs.publish('news', 'news', { text: 'nobody' }), 0)
 })
 
-t.test('a custom store whose message counter fails costs no slot and no crash', async (t) => {
+type StoreFault = 'holdThrows' | 'holdReturnsNothing' | 'consumeThrows' | 'releaseThrows' | 'releaseSlotThrows' | 'none'
+
+/** A memory store that fails in the one way `fault()` names at the time of the call. */
+function faultyStore (fault: () => StoreFault): SecureWsStore {
   const real = memoryStore()
-  let failHold = true
-  const store: SecureWsStore = {
+  return {
     acquireSlot: (key, id, limit) => real.acquireSlot(key, id, limit),
-    releaseSlot: (key, id) => real.releaseSlot(key, id),
+    releaseSlot (key, id) {
+      real.releaseSlot(key, id)
+      if (fault() === 'releaseSlotThrows') throw new Error('slot backend down')
+    },
     holdCounter (key, limits) {
-      if (failHold) throw new Error('counter backend down')
+      if (fault() === 'holdThrows') throw new Error('counter backend down')
+      if (fault() === 'holdReturnsNothing') return undefined as unknown as ReturnType<SecureWsStore['holdCounter']>
       const counter = real.holdCounter(key, limits)
-      return { consume: () => counter.consume(), release: () => { counter.release(); throw new Error('release failed') } }
+      return {
+        consume: () => {
+          if (fault() === 'consumeThrows') throw new Error('counter backend down')
+          return counter.consume()
+        },
+        release: () => {
+          counter.release()
+          if (fault() === 'releaseThrows') throw new Error('release failed')
+        }
+      }
     },
     stats: () => real.stats(),
     close: () => real.close()
   }
-  const { app, url, logs } = await build(t, { options: { store, limits: { connectionsPerUser: 1 } } })
-  const refused = await connect(url('/ws/alice-1'), { token: sign('alice') })
-  t.same(await refused.closed, { code: 1011, reason: 'Internal server error' }, 'holdCounter throwing closes with 1011')
-  await expectIdle(t, app, 'the slot taken for it is free again')
-  t.equal(logs.filter((line) => line.includes('store could not hold a message counter') && line.includes('"userId":"alice"')).length, 1, 'logged once, with the user id')
+}
 
-  failHold = false
-  const c = await connect(url('/ws/alice-1'), { token: sign('alice') })
-  c.send({ type: 'ping' })
-  t.same(await c.next(), { type: 'pong' }, 'the single slot was free: the next connection works')
-  await c.close()
-  await expectIdle(t, app, 'release throwing still frees the slot')
-  t.equal(logs.filter((line) => line.includes('store failed to release a message counter')).length, 1, 'the failed release is logged once')
+t.test('a custom store that fails costs no slot, no counter and no crash', async (t) => {
+  let fault: StoreFault = 'none'
+  const { app, url, logs } = await build(t, { options: { store: faultyStore(() => fault), limits: { connectionsPerUser: 1 } } })
+  const logged = (text: string): number => logs.filter((line) => line.includes(text) && line.includes('"userId":"alice"')).length
+
+  for (const failing of ['holdThrows', 'holdReturnsNothing'] as const) {
+    fault = failing
+    const c = await connect(url('/ws/alice-1'), { token: sign('alice') })
+    t.same(await c.closed, { code: 1011, reason: 'Internal server error' }, `${failing}: closed with 1011`)
+    await expectIdle(t, app, `${failing}: the slot taken for it is free again`)
+  }
+  t.equal(logged('store could not hold a message counter'), 2, 'each logged once, with the user id')
+
+  fault = 'consumeThrows'
+  const counting = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  t.equal(await counting.opened, true, 'the upgrade completes')
+  counting.send({ type: 'ping' })
+  t.same(await counting.closed, { code: 1011, reason: 'Internal server error' }, 'a frame the store cannot count closes with 1011')
+  t.strictSame(counting.pending, [], 'and is not answered')
+  await expectIdle(t, app, 'consume throwing: nothing left behind')
+  t.equal(logged('store failed to count a message'), 1, 'logged once')
+
+  for (const failing of ['releaseThrows', 'releaseSlotThrows'] as const) {
+    fault = 'none'
+    const c = await connect(url('/ws/alice-1'), { token: sign('alice') })
+    c.send({ type: 'ping' })
+    t.same(await c.next(), { type: 'pong' }, `${failing}: the single slot was free, the connection works`)
+    fault = failing
+    await c.close()
+    await expectIdle(t, app, `${failing}: every count is back to nothing`)
+  }
+  t.equal(logged('store failed to release a message counter'), 1, 'the failed counter release is logged once')
+  t.equal(logged('store failed to release a connection slot'), 1, 'the failed slot release is logged once')
+  fault = 'none'
+  t.equal(app.secureWs.stats().store.rateCounters, 1, 'the counter was released despite the slot release throwing: one counter, kept while idle')
 })
 
 t.test('server-side close paths free the slot', async (t) => {

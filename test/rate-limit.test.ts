@@ -265,8 +265,13 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
     const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
     const counter = new RateCounter(limits)
     counter.tryConsume(1000)
-    t.equal(counter.isIdle(1000 + MINUTE_MS), false)
-    t.equal(counter.isIdle(1000 + MINUTE_MS + MINUTE_MS / 60 + 1), true)
+    t.equal(counter.isIdle(1000 + MINUTE_MS), false, 'exact window: the event is in it exactly a minute later')
+    t.equal(counter.isIdle(1000 + MINUTE_MS + 1), true, 'exact window: idle once it has left')
+    const bucketed = new RateCounter({ messagesPerSecond: 1000, messagesPerMinute: 10_000 })
+    bucketed.tryConsume(1000)
+    t.equal(bucketed.isIdle(1000 + MINUTE_MS), false, 'bucketed window: kept for the extra bucket')
+    t.equal(bucketed.isIdle(1000 + MINUTE_MS + MINUTE_MS / 60), true, 'bucketed window: idle once its bucket has left')
+    t.equal(new RateCounter(limits).isIdle(5000), true, 'a counter that never counted is idle')
   })
 
   t.end()

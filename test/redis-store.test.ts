@@ -97,6 +97,59 @@ if (requireRedis(t)) {
       await onA.close()
     })
 
+    t.test('one sync carries every user, and a minute\'s counts are told from a second\'s', async (t) => {
+      const limits = { messagesPerSecond: 10, messagesPerMinute: 8 }
+      const [a, b] = await instances(t, redis, 2, {}, { limits })
+      const onA = { alice: await connect(a!.url('/ws/alice-1'), { token: sign('alice') }), bob: await connect(a!.url('/ws/bob-1'), { token: sign('bob') }) }
+      for (let i = 0; i < 5; i++) t.same(await ping(onA.alice), { type: 'pong' })
+      for (let i = 0; i < 2; i++) t.same(await ping(onA.bob), { type: 'pong' })
+      // Past the one-second window: these now count in the minute only.
+      await new Promise((resolve) => setTimeout(resolve, 1200))
+      const onB = { alice: await connect(b!.url('/ws/alice-1'), { token: sign('alice') }), bob: await connect(b!.url('/ws/bob-1'), { token: sign('bob') }) }
+      // Both users' first message on B goes out in the same sync.
+      onB.alice.send({ type: 'ping' })
+      onB.bob.send({ type: 'ping' })
+      t.same([await onB.alice.next(), await onB.bob.next()], [{ type: 'pong' }, { type: 'pong' }])
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      // alice: 5 on A + 1 here leave 2 of her 8; bob: 2 + 1 leave 5.
+      for (const [user, left] of [['alice', 2], ['bob', 5]] as const) {
+        const client = onB[user]
+        const answers: unknown[] = []
+        for (let i = 0; i <= left; i++) answers.push(await ping(client))
+        t.same(answers, [...Array.from({ length: left }, () => ({ type: 'pong' })), { type: 'error', message: 'Rate limit exceeded. Connection closed.' }], `${user}: ${left} more, then refused for the minute`)
+        await client.closed
+      }
+      await onA.alice.close()
+      await onA.bob.close()
+    })
+
+    t.test('a user refused on other instances\' counts is let back in once those counts leave the minute', async (t) => {
+      // The window is a minute long, so this takes a minute: B's own message must leave it
+      // before A's do, and B must then still hear that A's have left.
+      const limits = { messagesPerSecond: 100, messagesPerMinute: 6 }
+      const [a, b] = await instances(t, redis, 2, {}, { limits })
+      const token = sign('alice', { exp: Math.floor(Date.now() / 1000) + 300 })
+      const onB = await connect(b!.url('/ws/alice-1'), { token })
+      // Holds alice's counter on B throughout, so it is never swept and started afresh.
+      const keeper = await connect(b!.url('/ws/alice-1'), { token })
+      t.equal(await keeper.opened, true)
+      t.same(await ping(onB), { type: 'pong' }, 'B: one message')
+      await new Promise((resolve) => setTimeout(resolve, 2000))
+      const onA = await connect(a!.url('/ws/alice-1'), { token })
+      t.equal(await onA.opened, true)
+      // Sent at once, counted before A's first sync: A accepts all six on its own count.
+      for (let i = 0; i < 6; i++) onA.send({ type: 'ping' })
+      for (let i = 0; i < 6; i++) t.same(await onA.next(), { type: 'pong' }, `A: message ${i + 1} accepted`)
+      await onA.close()
+      // B's message has left the minute; A's six are still in it (Redis keeps them 61-62 s).
+      await new Promise((resolve) => setTimeout(resolve, 60_000))
+      t.same(await ping(onB), { type: 'error', message: 'Rate limit exceeded. Connection closed.' }, 'B refuses while A\'s six are in the minute')
+      // A's have left by now; B must have heard so, not go on refusing for up to a minute.
+      await new Promise((resolve) => setTimeout(resolve, 4000))
+      t.same(await ping(keeper), { type: 'pong' }, 'B admits a message once A\'s have left the minute')
+      await keeper.close()
+    })
+
     t.test('disconnectUser and publish reach every instance', async (t) => {
       const [a, b] = await instances(t, redis, 2)
       const aliceA = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })

@@ -146,6 +146,15 @@ class SharedRate extends RateCounter implements MessageCounter {
     this.holders--
   }
 
+  /**
+   * Idle also waits for the other instances' counts, as last heard, to stop applying: until
+   * then the counter is refreshed once a second, so a user refused on their strength is let
+   * back in once those counts have left the window, not up to a minute later.
+   */
+  override isIdle (now: number): boolean {
+    return super.isIdle(now) && (this.remoteMinute === 0 || now - this.syncedAt > MINUTE_MS)
+  }
+
   /** Appends the pending counts to a sync's arguments and forgets them. */
   takePending (args: number[]): void {
     args.push(this.pendingTicks.length)
@@ -490,7 +499,7 @@ export class RedisStore implements SecureWsStore {
       const args: number[] = [nowTick, MINUTE_MS * 2]
       for (const rate of part) rate.takePending(args)
       const call = this.#client.secureWsRate(part.length, ...part.map((rate) => rate.redisKey), ...args)
-      calls.push(this.#timed(call).then((totals) => this.#learn(part, totals), () => {}))
+      calls.push(this.#timed(call).then((totals) => { if (Array.isArray(totals)) this.#learn(part, totals) }, () => {}))
     }
     this.#syncing = true
     Promise.all(calls).finally(() => { this.#syncing = false })

@@ -97,7 +97,8 @@ export class MemoryStore implements SecureWsStore {
   #sweep (): void {
     const now = this.#now()
     for (const [key, counter] of this.#counters) {
-      // A held counter stays: its connection counts on it, and a second one for the same key would split the user's counts.
+      // A held counter stays: its connection counts on it, and a second counter for the
+      // same key would split the user's counts.
       if (counter.holders === 0 && counter.isIdle(now)) this.#counters.delete(key)
     }
     if (this.#counters.size === 0) this.#stopSweeper()

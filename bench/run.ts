@@ -46,9 +46,10 @@ const SERVER_CORE = 0
 const LOAD_CORE = 1
 const JWT_SECRET = 'fastify-secure-ws-bench-secret-0123456789abcdef'
 
-// The 5% targets compare secure with baseline, and one fresh server's CPU per message moves by
-// up to ~10% from process to process, so those two get the most rounds; the other targets
-// are judged against wider bounds (or none) and get fewer, which keeps the run in 5 minutes.
+// The 5% targets compare secure with baseline, and on a shared machine a server's CPU per
+// message or upgrade moves by 10-15% from one window to the next, so those two get the most
+// rounds; the other targets are judged against wider bounds (or none) and get fewer, which
+// keeps the run in 5 minutes.
 const ROUNDS = readInt('BENCH_ROUNDS', 6, 1, 15)
 const OTHER_ROUNDS = Math.min(ROUNDS, readInt('BENCH_OTHER_ROUNDS', 2, 1, 15))
 const MEMORY_ROUNDS = Math.min(OTHER_ROUNDS, readInt('BENCH_MEMORY_ROUNDS', 1, 0, 10))

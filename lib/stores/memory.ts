@@ -1,6 +1,7 @@
 import { InvalidOptionError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
-import { RateCounter, type RateLimits } from '../rate-window.js'
+import type { RateLimits } from '../rate-window.js'
+import { HeldRateCounter } from './held-counter.js'
 import type { MessageCounter, SecureWsStore, StoreStats } from './types.js'
 
 export interface MemoryStoreOptions {
@@ -15,9 +16,8 @@ export interface MemoryStoreOptions {
 
 const DEFAULT_SWEEP_INTERVAL_MS = 10_000
 
-/** A user's counts in this process, and how many connections hold them. */
-class HeldCounter extends RateCounter implements MessageCounter {
-  holders = 0
+/** A user's counts in this process. */
+class HeldCounter extends HeldRateCounter {
   readonly #now: () => number
 
   constructor (limits: Readonly<RateLimits>, now: () => number) {
@@ -27,10 +27,6 @@ class HeldCounter extends RateCounter implements MessageCounter {
 
   consume (): boolean {
     return this.tryConsume(this.#now())
-  }
-
-  release (): void {
-    this.holders--
   }
 }
 
@@ -68,8 +64,7 @@ export class MemoryStore implements SecureWsStore {
       this.#counters.set(key, counter)
       this.#startSweeper()
     }
-    counter.holders++
-    return counter
+    return counter.hold()
   }
 
   stats (): StoreStats {
@@ -97,9 +92,7 @@ export class MemoryStore implements SecureWsStore {
   #sweep (): void {
     const now = this.#now()
     for (const [key, counter] of this.#counters) {
-      // A held counter stays: its connection counts on it, and a second counter for the
-      // same key would split the user's counts.
-      if (counter.holders === 0 && counter.isIdle(now)) this.#counters.delete(key)
+      if (counter.canDrop(now)) this.#counters.delete(key)
     }
     if (this.#counters.size === 0) this.#stopSweeper()
   }

@@ -4,7 +4,8 @@ import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
-import { MINUTE_MS, RateCounter, SECOND_MS, type RateLimits } from '../rate-window.js'
+import { MINUTE_MS, SECOND_MS, type RateLimits } from '../rate-window.js'
+import { HeldRateCounter } from './held-counter.js'
 import type { BroadcastEvent, MessageCounter, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
 export interface RedisStoreOptions {
@@ -107,9 +108,8 @@ interface ScriptedRedis extends Redis {
  * One user's message counts: this instance's own, exact, and the others' as of the last sync.
  * The message path only counts locally and notes what Redis has not seen yet.
  */
-class SharedRate extends RateCounter implements MessageCounter {
+class SharedRate extends HeldRateCounter {
   readonly redisKey: string
-  holders = 0
   /** Counts Redis has not seen, as runs of (50 ms bucket, count) in arrival order. */
   pendingTicks: number[] = []
   pendingCounts: number[] = []
@@ -142,10 +142,6 @@ class SharedRate extends RateCounter implements MessageCounter {
     return true
   }
 
-  release (): void {
-    this.holders--
-  }
-
   /**
    * Idle also waits for the other instances' counts, as last heard, to stop applying: until
    * then the counter is refreshed once a second, so a user refused on their strength is let
@@ -153,6 +149,11 @@ class SharedRate extends RateCounter implements MessageCounter {
    */
   override isIdle (now: number): boolean {
     return super.isIdle(now) && (this.remoteMinute === 0 || now - this.syncedAt > MINUTE_MS)
+  }
+
+  /** Counts Redis has not seen yet keep the counter too. */
+  override canDrop (now: number): boolean {
+    return super.canDrop(now) && this.pendingCount === 0
   }
 
   /** Appends the pending counts to a sync's arguments and forgets them. */
@@ -301,8 +302,7 @@ export class RedisStore implements SecureWsStore {
       this.#startSyncing()
       this.#startSweeping()
     }
-    rate.holders++
-    return rate
+    return rate.hold()
   }
 
   async broadcast (event: BroadcastEvent): Promise<void> {
@@ -460,7 +460,7 @@ export class RedisStore implements SecureWsStore {
     this.#sweepTimer = setInterval(() => {
       const now = Date.now()
       for (const [key, rate] of this.#rates) {
-        if (rate.holders === 0 && rate.isIdle(now) && rate.pendingCount === 0) this.#rates.delete(key)
+        if (rate.canDrop(now)) this.#rates.delete(key)
       }
       if (this.#rates.size === 0) {
         clearInterval(this.#sweepTimer)

@@ -88,12 +88,14 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
 
   // The client offers `bearer, <token>`; answering `bearer` completes the handshake even
   // when the token then fails (so the client can read 4401), and never echoes the token.
+  // The app's own routes keep its chooser, or ws's default (the first offered); ws stores
+  // "no chooser" as null.
   const chooseProtocol = wss.options.handleProtocols
   wss.options.handleProtocols = (protocols: Set<string>, request: IncomingMessage) => {
     if ((request as unknown as Record<symbol, unknown>)[kSecuredUpgrade] === true) {
       return protocols.has(BEARER_PROTOCOL) ? BEARER_PROTOCOL : false
     }
-    if (chooseProtocol !== undefined) return chooseProtocol(protocols, request)
+    if (typeof chooseProtocol === 'function') return chooseProtocol(protocols, request)
     return protocols.values().next().value ?? false
   }
 

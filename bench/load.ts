@@ -249,9 +249,9 @@ interface FixedRate {
 }
 
 /** `--rate`, `--rate-warmup-ms`, `--rate-duration-ms` and `--rate-pause-ms`, with the mode's defaults. */
-function fixedRateArgs (defaultRate: number): FixedRate {
+function fixedRateArgs (defaultRate: number, rate = int('rate', args.rate, defaultRate)): FixedRate {
   return {
-    rate: int('rate', args.rate, defaultRate),
+    rate,
     warmupMs: int('rate-warmup-ms', args['rate-warmup-ms'], 300),
     durationMs: int('rate-duration-ms', args['rate-duration-ms'], 2500),
     pauseMs: args['rate-pause-ms'] === '0' ? 0 : int('rate-pause-ms', args['rate-pause-ms'], 0)
@@ -441,19 +441,20 @@ async function throughput (): Promise<object> {
 }
 
 /**
- * Two windows, each upgrade a new connection that is admitted, closed, and waited for until
- * its TCP close. As fast as possible: `concurrency` clients back to back, which saturates the
- * load generator; gives the raw rate. Fixed rate: `rate` new connections per second, started
- * on a 2 ms tick whatever the server's pace, well below any target's capacity, so every server
- * gets the same arrivals; gives the server CPU per upgrade. (Per-upgrade CPU falls as a
- * server gets busier, so in the first window a slower load generator alone makes it rise.)
+ * Windows in which each upgrade is a new connection that is admitted, closed, and waited for
+ * until its TCP close. As fast as possible: `concurrency` clients back to back, which
+ * saturates the load generator; gives the raw rate. Then one fixed-rate window for each rate
+ * of `--rate` (a comma list, e.g. `800,400`): that many new connections per second, started
+ * on a 2 ms tick whatever the server's pace, so every server gets the same arrivals; gives
+ * the server CPU per upgrade. (Per-upgrade CPU falls as a server gets busier, so in the
+ * first window a slower load generator alone makes it rise.)
  */
 async function handshake (): Promise<object> {
   const concurrency = int('concurrency', args.concurrency, 16)
   const users = int('users', args.users, 2000)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 300)
   const durationMs = int('duration-ms', args['duration-ms'], 2500)
-  const fixedArgs = fixedRateArgs(250)
+  const rates = (args.rate ?? '250').split(',').map((rate) => int('rate', rate, 250))
   for (let u = 0; u < users; u++) tokenFor(u)
 
   let phase: 'warmup' | 'measure' | 'between' | 'fixed' = 'warmup'
@@ -464,7 +465,7 @@ async function handshake (): Promise<object> {
   let refused = 0
   let running = 0
   const connectTime = new Samples(1_000_000)
-  const fixedConnectTime = new Samples(1_000_000)
+  let fixedConnectTime = new Samples(1_000_000)
 
   /** One connection: admitted, closed, gone; `then` runs once it is. */
   const upgradeOnce = (then: () => void): void => {
@@ -508,8 +509,14 @@ async function handshake (): Promise<object> {
   await until(() => running === 0, 5000)
 
   phase = 'fixed'
-  const fixed = await fixedRateWindow(fixedArgs, () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
-  await until(() => running === 0, 5000)
+  const fixedWindows: object[] = []
+  for (const rate of rates) {
+    fixedUpgrades = 0
+    fixedConnectTime = new Samples(1_000_000)
+    const fixed = await fixedRateWindow(fixedRateArgs(250, rate), () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
+    await until(() => running === 0, 5000)
+    fixedWindows.push({ fixedUpgrades, ...fixedResult(fixed, fixedUpgrades, fixedConnectTime) })
+  }
   return {
     concurrency,
     users,
@@ -518,8 +525,7 @@ async function handshake (): Promise<object> {
     rate: Math.round(upgrades / seconds),
     p50Ms: round3(connectTime.percentile(0.5)),
     p99Ms: round3(connectTime.percentile(0.99)),
-    fixedUpgrades,
-    ...fixedResult(fixed, fixedUpgrades, fixedConnectTime),
+    fixedWindows,
     refused,
     errors
   }

@@ -7,7 +7,7 @@
  * (`npm run bench` runs the tsc-compiled copy, bench/.runs/build/bench/load.js.)
  *
  * Prints JSON lines on stdout: `{"mark":"start"}` and `{"mark":"stop"}` around each measured
- * window (and `rate-start` / `rate-stop` around the fixed-rate one; the orchestrator reads the
+ * window (and `rate-start` / `rate-stop` around each fixed-rate one; the orchestrator reads the
  * server's CPU time at each), `{"mark":"warm"}` and
  * `{"mark":"holding",...}` in memory mode (it then waits for `go` / `release` on stdin), and
  * last one `{"result":{...}}`. Every phase is bounded in time.
@@ -444,7 +444,7 @@ async function throughput (): Promise<object> {
  * Windows in which each upgrade is a new connection that is admitted, closed, and waited for
  * until its TCP close. As fast as possible: `concurrency` clients back to back, which
  * saturates the load generator; gives the raw rate. Then one fixed-rate window for each rate
- * of `--rate` (a comma list, e.g. `800,400`): that many new connections per second, started
+ * of `--rate` (a comma list, e.g. `800,300`): that many new connections per second, started
  * on a 2 ms tick whatever the server's pace, so every server gets the same arrivals; gives
  * the server CPU per upgrade. (Per-upgrade CPU falls as a server gets busier, so in the
  * first window a slower load generator alone makes it rise.)

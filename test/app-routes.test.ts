@@ -66,6 +66,20 @@ t.test('a WebSocket route the app declares itself, beside the plugin\'s @fastify
   })
 })
 
+t.test('an app that registered @fastify/websocket itself, without a handleProtocols', async (t) => {
+  const app = Fastify({ logger: false })
+  await app.register(websocket, { options: { maxPayload: 1024 } })
+  await app.register(secureWs, PLUGIN_OPTIONS)
+  app.secureWs.route(testRoute())
+  app.get('/raw', { websocket: true }, (socket) => { socket.send('plain hello') })
+  const url = await listen(t, app)
+
+  t.same(await openPlain(url('/raw'), ['chat', 'v2']), { protocol: 'chat', frame: 'plain hello' }, 'ws\'s default: the first offered')
+  const c = await connect(url('/ws/alice-1'), { token: sign('alice'), via: 'protocol' })
+  t.equal(c.ws.protocol, 'bearer')
+  await c.close()
+})
+
 t.test('an app that registered @fastify/websocket itself, with its own handleProtocols', async (t) => {
   const app = Fastify({ logger: false })
   const offered: string[][] = []
@@ -86,6 +100,17 @@ t.test('an app that registered @fastify/websocket itself, with its own handlePro
   t.test('the app\'s chooser still decides for the app\'s routes', async (t) => {
     t.same(await openPlain(url('/raw'), ['chat', 'v2']), { protocol: 'v2', frame: 'plain hello' })
     t.same(offered, [['chat', 'v2']])
+  })
+
+  t.test('a chooser that picks none leaves the 101 without a subprotocol, as ws does', async (t) => {
+    offered.length = 0
+    const ws = new WebSocket(url('/raw'), ['chat'])
+    const failure = await within(new Promise<string>((resolve) => {
+      ws.once('error', (err) => resolve(err.message))
+      ws.once('open', () => resolve('opened'))
+    }), 3000, 'the client to settle')
+    t.equal(failure, 'Server sent no subprotocol', 'the client refuses a 101 that names none of its offers')
+    t.same(offered, [['chat']])
   })
 
   t.test('the secured route answers bearer without asking the app\'s chooser (which would see the token)', async (t) => {

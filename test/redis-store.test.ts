@@ -150,6 +150,35 @@ if (requireRedis(t)) {
       await keeper.close()
     })
 
+    t.test('a rate key holding another type costs only that user the shared count, and is logged once', async (t) => {
+      const prefix = `foreign${++prefixes}:`
+      const writer = new Redis(redis.url)
+      t.teardown(() => writer.quit())
+      // Another app sharing the prefix, or a hand-written key: WRONGTYPE for the rate script.
+      await writer.set(`${prefix}rate:alice`, 'not a hash')
+      const [a, b] = await instances(t, redis, 2, { prefix }, { limits: { messagesPerSecond: 3, messagesPerMinute: 100 } })
+      const alice = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+      const bobA = await connect(a!.url('/ws/bob-1'), { token: sign('bob') })
+      // Sent in one tick, so alice's and bob's counts go out in the same script call.
+      alice.send({ type: 'ping' })
+      bobA.send({ type: 'ping' })
+      bobA.send({ type: 'ping' })
+      t.same([await alice.next(), await bobA.next(), await bobA.next()], [{ type: 'pong' }, { type: 'pong' }, { type: 'pong' }])
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      const bobB = await connect(b!.url('/ws/bob-1'), { token: sign('bob') })
+      t.same(await ping(bobB), { type: 'pong' }, 'B: bob\'s third message within the second')
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      t.same(await ping(bobB), { type: 'error', message: 'Rate limit exceeded. Connection closed.' },
+        'bob\'s two messages on A reached B through Redis, beside alice\'s unusable key')
+      t.same(await ping(alice), { type: 'pong' }, 'alice still gets answers, limited on this instance')
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      t.same(await writer.get(`${prefix}rate:alice`), 'not a hash', 'the other value is left alone')
+      const lines = a!.logs.map((line) => JSON.parse(line) as { level: number, key?: string, msg: string }).filter((line) => line.msg.includes('another type of value under a rate key'))
+      t.same(lines.map((line) => [line.level, line.key]), [[50, `${prefix}rate:alice`]], 'one error line, naming the key')
+      await alice.close()
+      await bobA.close()
+    })
+
     t.test('disconnectUser and publish reach every instance', async (t) => {
       const [a, b] = await instances(t, redis, 2)
       const aliceA = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
@@ -202,6 +231,36 @@ if (requireRedis(t)) {
     if (client !== undefined) t.same(await ping(client), { type: 'pong' })
     t.equal(a!.logs.filter((line) => line.includes('redis store reachable again')).length, 1)
     await client?.close()
+  })
+
+  t.test('a sync Redis refuses (out of memory) is logged once until a sync succeeds again', async (t) => {
+    // A Redis of its own: maxmemory would refuse every other test's writes too.
+    const redis = await RedisServer.start()
+    t.teardown(() => redis.stop())
+    const admin = new Redis(redis.url)
+    t.teardown(() => admin.quit())
+    const [a] = await instances(t, redis, 1)
+    const alice = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+    const syncErrors = (): number => a!.logs.filter((line) => line.includes('could not sync message counts')).length
+    const refuseWrites = async (pings: number): Promise<void> => {
+      await admin.config('SET', 'maxmemory', '1')
+      for (let i = 0; i < pings; i++) {
+        t.same(await ping(alice), { type: 'pong' }, 'answered under local limits')
+        await new Promise((resolve) => setTimeout(resolve, 60))
+      }
+      await admin.config('SET', 'maxmemory', '0')
+    }
+    t.same(await ping(alice), { type: 'pong' })
+    t.equal(syncErrors(), 0)
+    await refuseWrites(4)
+    t.equal(syncErrors(), 1, 'four failed syncs, one line')
+    t.ok(a!.logs.some((line) => line.includes('could not sync message counts') && line.includes('OOM')), 'the line carries Redis\'s error')
+    t.same(await ping(alice), { type: 'pong' })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    await refuseWrites(2)
+    t.equal(syncErrors(), 2, 'a sync that succeeded in between re-arms the line')
+    t.equal(a!.logs.filter((line) => line.includes('redis store unreachable')).length, 0, 'not reported as an outage')
+    await alice.close()
   })
 
   t.test('a slot released while the store is cut off from Redis is freed once it is back, not when its lease runs out', async (t) => {

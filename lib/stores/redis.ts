@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { Redis, type RedisOptions } from 'ioredis'
+import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
@@ -64,6 +64,8 @@ return #KEYS`
 // and returns the totals of every instance over the last second (21 buckets) and minute (61
 // buckets). One call carries every user a sync has counts for: ARGV is now's bucket, the
 // keys' time to live, then per key the number of its (bucket, count) pairs and the pairs.
+// A key that holds something other than a hash (another app writing under our prefix) is
+// left alone and answered with -1, -1: one such key must not fail the other users' counts.
 const RATE_LUA = `local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local nowMinute = math.floor(now / 20)
@@ -73,28 +75,35 @@ for k = 1, #KEYS do
   local key = KEYS[k]
   local runs = tonumber(ARGV[a])
   a = a + 1
-  for r = 1, runs do
-    local tick = tonumber(ARGV[a])
-    local n = tonumber(ARGV[a + 1])
-    a = a + 2
-    redis.call('HINCRBY', key, 's' .. tick, n)
-    redis.call('HINCRBY', key, 'm' .. math.floor(tick / 20), n)
-  end
-  local second, minute = 0, 0
-  local fields = redis.call('HGETALL', key)
-  for i = 1, #fields, 2 do
-    local field = fields[i]
-    local tick = tonumber(string.sub(field, 2))
-    local n = tonumber(fields[i + 1])
-    if string.sub(field, 1, 1) == 's' then
-      if tick > now - 21 then second = second + n else redis.call('HDEL', key, field) end
-    else
-      if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', key, field) end
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    a = a + 2 * runs
+    totals[2 * k - 1] = -1
+    totals[2 * k] = -1
+  else
+    for r = 1, runs do
+      local tick = tonumber(ARGV[a])
+      local n = tonumber(ARGV[a + 1])
+      a = a + 2
+      redis.call('HINCRBY', key, 's' .. tick, n)
+      redis.call('HINCRBY', key, 'm' .. math.floor(tick / 20), n)
     end
+    local second, minute = 0, 0
+    local fields = redis.call('HGETALL', key)
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      local tick = tonumber(string.sub(field, 2))
+      local n = tonumber(fields[i + 1])
+      if string.sub(field, 1, 1) == 's' then
+        if tick > now - 21 then second = second + n else redis.call('HDEL', key, field) end
+      else
+        if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', key, field) end
+      end
+    end
+    redis.call('PEXPIRE', key, ttl)
+    totals[2 * k - 1] = second
+    totals[2 * k] = minute
   end
-  redis.call('PEXPIRE', key, ttl)
-  totals[2 * k - 1] = second
-  totals[2 * k] = minute
 end
 return totals`
 
@@ -208,6 +217,10 @@ export class RedisStore implements SecureWsStore {
   #outageLogged = false
   #closed = false
   #syncing = false
+  /** Rate keys found holding another type, each logged once. */
+  readonly #foreignKeys = new Set<string>()
+  /** A failing rate script is logged once until a sync succeeds again. */
+  #syncErrorLogged = false
   #renewTimer: NodeJS.Timeout | undefined
   #syncTimer: NodeJS.Timeout | undefined
   #sweepTimer: NodeJS.Timeout | undefined
@@ -499,10 +512,22 @@ export class RedisStore implements SecureWsStore {
       const args: number[] = [nowTick, MINUTE_MS * 2]
       for (const rate of part) rate.takePending(args)
       const call = this.#client.secureWsRate(part.length, ...part.map((rate) => rate.redisKey), ...args)
-      calls.push(this.#timed(call).then((totals) => { if (Array.isArray(totals)) this.#learn(part, totals) }, () => {}))
+      calls.push(this.#timed(call).then((totals) => {
+        this.#syncErrorLogged = false
+        if (Array.isArray(totals)) this.#learn(part, totals)
+      }, this.#syncFailed))
     }
     this.#syncing = true
     Promise.all(calls).finally(() => { this.#syncing = false })
+  }
+
+  // The counts of a failed sync are lost and each instance counts alone until the next one.
+  // A timeout or a lost connection is an outage, which #onDown reports; an error Redis
+  // answered (out of memory, a script error) is reported here.
+  readonly #syncFailed = (err: unknown): void => {
+    if (!(err instanceof ReplyError) || this.#syncErrorLogged || this.#closed) return
+    this.#syncErrorLogged = true
+    this.#log.error({ err }, 'fastify-secure-ws: redis store could not sync message counts; each instance counts alone until it can')
   }
 
   /** Takes in what Redis counted for each user of a sync, every instance together. */
@@ -513,6 +538,13 @@ export class RedisStore implements SecureWsStore {
       const second = totals[2 * i]
       const minute = totals[2 * i + 1]
       if (typeof second !== 'number' || typeof minute !== 'number') continue
+      if (second < 0) {
+        if (!this.#foreignKeys.has(rate.redisKey)) {
+          this.#foreignKeys.add(rate.redisKey)
+          this.#log.error({ key: rate.redisKey }, 'fastify-secure-ws: redis store found another type of value under a rate key; that user\'s message counts stay local to each instance')
+        }
+        continue
+      }
       // Redis totals include what this instance sent; what it counted since is still pending.
       rate.remoteSecond = Math.max(0, second - (rate.second.count(at) - rate.pendingCount))
       rate.remoteMinute = Math.max(0, minute - (rate.minute.count(at) - rate.pendingCount))

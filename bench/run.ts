@@ -82,7 +82,7 @@ function roundsOf (target: Target): number {
 
 // Upgrades are compared at a fixed rate, the same arrivals for every server. At 800/s the
 // Fastify servers are about half busy, as a loaded server is; at 250/s, where each upgrade
-// woke an idle server, one server's CPU per upgrade moved by ±20% from round to round (±5-10%
+// woke an idle server, one server's CPU per upgrade moved by ±20% from round to round (±10%
 // at 800/s). socket.io cannot hold 800/s (its client saturates the load core near
 // 350-500/s), so it is compared at 300/s. Each target's last window at a rate is the one
 // that counts: every 300/s figure comes from a second window, after 1.25 s of upgrades in a

@@ -248,8 +248,8 @@ interface FixedRate {
   pauseMs: number
 }
 
-/** `--rate`, `--rate-warmup-ms`, `--rate-duration-ms` and `--rate-pause-ms`, with the mode's defaults. */
-function fixedRateArgs (defaultRate: number, rate = int('rate', args.rate, defaultRate)): FixedRate {
+/** A fixed-rate window at `rate`, with `--rate-warmup-ms`, `--rate-duration-ms` and `--rate-pause-ms`. */
+function fixedRateArgs (rate: number): FixedRate {
   return {
     rate,
     warmupMs: int('rate-warmup-ms', args['rate-warmup-ms'], 300),
@@ -348,7 +348,7 @@ async function throughput (): Promise<object> {
   const depth = int('depth', args.depth, 16)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 500)
   const durationMs = int('duration-ms', args['duration-ms'], 2000)
-  const fixedArgs = fixedRateArgs(10_000)
+  const fixedArgs = fixedRateArgs(int('rate', args.rate, 10_000))
   for (let u = 0; u < users; u++) tokenFor(u)
 
   let phase: 'connecting' | 'warmup' | 'measure' | 'drain' | 'fixed' = 'connecting'
@@ -513,7 +513,7 @@ async function handshake (): Promise<object> {
   for (const rate of rates) {
     fixedUpgrades = 0
     fixedConnectTime = new Samples(1_000_000)
-    const fixed = await fixedRateWindow(fixedRateArgs(250, rate), () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
+    const fixed = await fixedRateWindow(fixedRateArgs(rate), () => upgradeOnce(() => {}), () => fixedUpgrades, (on) => { measuring = on })
     await until(() => running === 0, 5000)
     fixedWindows.push({ fixedUpgrades, ...fixedResult(fixed, fixedUpgrades, fixedConnectTime) })
   }

@@ -399,6 +399,16 @@ type FixedWindowResult = Record<string, number> & { fixedSplits?: number[] }
 /** What a load process reports: numbers, a fixed-rate window, or one per rate (handshake). */
 type LoadResult = FixedWindowResult & { fixedWindows?: FixedWindowResult[] }
 
+/** True when the load generator kept up `rate`: it missed at most 2% of the window's events. */
+function heldRate (window: FixedWindowResult, rate: number): boolean {
+  return window.fixedSkipped! <= 0.02 * rate * window.fixedSeconds!
+}
+
+/** The items measured while the load generator kept up its fixed rate; all of them when none was. */
+function heldOrAll<T> (items: T[], held: (item: T) => boolean): T[] {
+  return items.some(held) ? items.filter(held) : items
+}
+
 /**
  * Server CPU microseconds per event over a fixed-rate window: the median over its
  * sub-windows, which one burst of other work on the machine cannot move; the whole window's
@@ -449,7 +459,7 @@ async function throughputFigure (target: Target, server: Server, redis: RedisSer
   const [pipelined, fixed] = windows as [Window, Window]
   if (result.badReplies! > 0 || result.closedEarly! > 0) throw new Error(`throughput: ${result.badReplies} bad replies, ${result.closedEarly} connections closed early`)
   if (result.messages! === 0 || result.fixedMessages! === 0) throw new Error('throughput: no messages answered')
-  const fixedRateHeld = result.fixedSkipped! <= 0.02 * FIXED_RATE * result.fixedSeconds!
+  const fixedRateHeld = heldRate(result, FIXED_RATE)
   if (!fixedRateHeld) process.stdout.write(`  ! ${target.name} throughput: the load generator fell behind the fixed rate (${fmt(result.fixedAchievedRate)} msg/s); this round's CPU per message is left out\n`)
   return {
     rate: result.rate!,
@@ -481,7 +491,7 @@ async function handshakeFigure (target: Target, server: Server, redis: RedisServ
   const fixed = fixedWindows.map((window, i): FixedUpgrades => {
     const r = reported[i]!
     const rate = target.upgradeRates[i]!
-    const fixedRateHeld = r.fixedSkipped! <= 0.02 * rate * r.fixedSeconds!
+    const fixedRateHeld = heldRate(r, rate)
     if (!fixedRateHeld) process.stdout.write(`  ! ${target.name} handshake: the load generator fell behind the fixed rate of ${rate} upg/s (${fmt(r.fixedAchievedRate)}); this round's CPU per upgrade at that rate is left out\n`)
     return {
       rate,
@@ -619,7 +629,7 @@ const cpuPerUpgradeAt = (m: Medians | undefined, rate: number): number | null =>
 
 function summariseUpgrades (rounds: RoundResult[], index: number, withRedis: boolean): UpgradeMedians {
   const windows = rounds.map((r) => r.handshake?.fixed[index]).filter((w): w is FixedUpgrades => w !== undefined)
-  const held = windows.some((w) => w.fixedRateHeld) ? windows.filter((w) => w.fixedRateHeld) : windows
+  const held = heldOrAll(windows, (w) => w.fixedRateHeld)
   const pick = (get: (w: FixedUpgrades) => number | null | undefined): number | null => median(held.map(get).filter((v): v is number => v !== undefined && v !== null))
   return {
     cpuUsPerUpgrade: pick((w) => w.cpuUsPerUpgrade),
@@ -637,7 +647,7 @@ function summarise (target: Target, rounds: RoundResult[]): Medians {
   const pick = <T>(get: (r: RoundResult) => T | undefined | null): T[] => rounds.map(get).filter((v): v is T => v !== undefined && v !== null)
   const memoryRounds = rounds.slice(0, MEMORY_ROUNDS)
   const held = memoryRounds.map((r) => r.memory === undefined || !r.memory.complete ? 0 : r.memory.held)
-  const atFixedRate = rounds.some((r) => r.throughput?.fixedRateHeld === true) ? rounds.filter((r) => r.throughput?.fixedRateHeld === true) : rounds
+  const atFixedRate = heldOrAll(rounds, (r) => r.throughput?.fixedRateHeld === true)
   return {
     messagesPerSecond: median(pick((r) => r.throughput?.rate)),
     saturatedCpuUsPerMessage: median(pick((r) => r.throughput?.saturatedCpuUsPerMessage)),

@@ -201,7 +201,9 @@ export function closeOf (c: Client, ms = 5000): Promise<Closed> {
 
 /** A parsed line of the app's log. */
 export interface LogLine {
+  level?: number
   msg?: string
+  key?: string
   refusal?: string
   userId?: string
   ip?: string

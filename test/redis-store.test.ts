@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
-import { build, connect, eventually, sign, type Built, type Client } from './helpers.js'
+import { build, connect, eventually, parseLogs, sign, type Built, type Client } from './helpers.js'
 import { startExample } from './example-process.js'
 import { RedisServer, requireRedis } from './redis-server.js'
 
@@ -173,7 +173,7 @@ if (requireRedis(t)) {
       t.same(await ping(alice), { type: 'pong' }, 'alice still gets answers, limited on this instance')
       await new Promise((resolve) => setTimeout(resolve, 150))
       t.same(await writer.get(`${prefix}rate:alice`), 'not a hash', 'the other value is left alone')
-      const lines = a!.logs.map((line) => JSON.parse(line) as { level: number, key?: string, msg: string }).filter((line) => line.msg.includes('another type of value under a rate key'))
+      const lines = parseLogs(a!.logs).filter((line) => line.msg?.includes('another type of value under a rate key') === true)
       t.same(lines.map((line) => [line.level, line.key]), [[50, `${prefix}rate:alice`]], 'one error line, naming the key')
       await alice.close()
       await bobA.close()

@@ -30,19 +30,21 @@ export interface ConnectionInit {
  * when the socket closes.
  */
 export class Connection implements SecureWsConnection {
+  // V8 lays fields out in declaration order: the four every message reads come first, next
+  // to each other, as the object is usually cold in the CPU's caches when a message arrives.
+  #closing = false
+  readonly route: CompiledRoute
+  readonly #counter: MessageCounter
+  readonly #socket: WebSocket
   readonly id: string
   readonly user: SecureWsUser
   readonly session: SessionBase
   readonly params: Readonly<Record<string, string>>
   readonly log: FastifyBaseLogger
-  readonly route: CompiledRoute
   /** Topics subscribed to; created on the first subscription, as most connections have none. */
   topics: Set<string> | undefined
-  readonly #socket: WebSocket
   readonly #registry: Registry
-  readonly #counter: MessageCounter
   readonly #release: () => void
-  #closing = false
   #ended = false
 
   constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {

@@ -215,6 +215,34 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
     t.ok(accepted.length > 40, 'more than one window exercised')
   })
 
+  t.test('limits above EXACT_LIMIT_MAX: never more than the limit within any one-minute span (property, brute force)', async (t) => {
+    // One-second buckets: bursts, pauses of a few buckets and gaps longer than the window all
+    // move the ring, on a clock from the epoch and on one from a recent time.
+    for (const start of [0, 1_700_000_000_000]) {
+      const next = random(13)
+      const limit = EXACT_LIMIT_MAX + 172
+      const limits = { messagesPerSecond: 1_000_000, messagesPerMinute: limit }
+      const counter = new RateCounter(limits)
+      const accepted: number[] = []
+      let refused = 0
+      let refusedWithRoom = 0
+      let now = start
+      for (let i = 0; i < 20_000; i++) {
+        const r = next()
+        now += r < 0.97 ? Math.floor(next() * 40) : r < 0.998 ? Math.floor(next() * 5000) : MINUTE_MS + Math.floor(next() * 90_000)
+        if (counter.tryConsume(now)) {
+          accepted.push(now)
+        } else {
+          refused++
+          if (recent(accepted, now, MINUTE_MS + MINUTE_MS / 60) < limit) refusedWithRoom++
+        }
+      }
+      t.ok(busiestSpan(accepted, MINUTE_MS) <= limit, `clock from ${start}: at most ${limit} in any span of 60 s (accepted ${accepted.length})`)
+      t.equal(refusedWithRoom, 0, `clock from ${start}: never refused while the last 61 s had room`)
+      t.ok(accepted.length > 4 * limit && refused > 1000, `clock from ${start}: several full windows exercised (refused ${refused})`)
+    }
+  })
+
   t.test('accepts again once the window has passed', async (t) => {
     const limits = { messagesPerSecond: 10, messagesPerMinute: 100 }
     const counter = new RateCounter(limits)

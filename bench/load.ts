@@ -1,14 +1,16 @@
 /**
  * The load generator: its own process, pinned by the orchestrator to the other core.
  *
- *   node --import tsx bench/load.ts --mode throughput|handshake|memory --client ws|socketio \
- *     --port 20001 [--local 127.0.0.2] [options]      (JWT_SECRET in the environment)
+ *   node --import tsx bench/load.ts --mode throughput|handshake|memory|alternating \
+ *     --client ws|socketio --port 20001 [--local 127.0.0.2] [options]   (JWT_SECRET in the environment)
+ *
+ * `--mode alternating` takes a comma list of ports (`--port 20001,20002`), one per server.
  *
  * (`npm run bench` runs the tsc-compiled copy, bench/.runs/build/bench/load.js.)
  *
  * Prints JSON lines on stdout: `{"mark":"start"}` and `{"mark":"stop"}` around each measured
- * window (and `rate-start` / `rate-stop` around each fixed-rate one; the orchestrator reads the
- * server's CPU time at each), `{"mark":"warm"}` and
+ * window (and `rate-start` / `rate-stop` around each fixed-rate one, `alt-start` / `alt-stop`
+ * around each alternating one; the orchestrator reads the server's CPU time at each), `{"mark":"warm"}` and
  * `{"mark":"holding",...}` in memory mode (it then waits for `go` / `release` on stdin), and
  * last one `{"result":{...}}`. Every phase is bounded in time.
  */
@@ -35,7 +37,9 @@ const { values: args } = parseArgs({
     rate: { type: 'string' },
     'rate-warmup-ms': { type: 'string' },
     'rate-duration-ms': { type: 'string' },
-    'rate-pause-ms': { type: 'string' }
+    'rate-pause-ms': { type: 'string' },
+    windows: { type: 'string' },
+    'window-ms': { type: 'string' }
   }
 })
 
@@ -48,10 +52,12 @@ function int (name: string, value: string | undefined, fallback: number): number
 
 const mode = args.mode
 const clientKind = args.client
-if (mode !== 'throughput' && mode !== 'handshake' && mode !== 'memory') throw new Error('--mode must be throughput, handshake or memory')
+if (mode !== 'throughput' && mode !== 'handshake' && mode !== 'memory' && mode !== 'alternating') throw new Error('--mode must be throughput, handshake, memory or alternating')
 if (clientKind !== 'ws' && clientKind !== 'socketio') throw new Error('--client must be ws or socketio')
-const port = int('port', args.port, 0)
-if (port >= 32768) throw new Error('--port must be below 32768')
+const ports = (args.port ?? '').split(',').map((p) => int('port', p, 0))
+if (ports.some((p) => p >= 32768)) throw new Error('--port must be below 32768')
+if (mode === 'alternating' ? ports.length < 2 : ports.length !== 1) throw new Error(mode === 'alternating' ? '--port must list two or more ports' : '--port must be one port')
+const port = ports[0]!
 const localAddress = args.local
 if (!/^127\.0\.\d+\.\d+$/.test(localAddress)) throw new Error('--local must be a loopback address 127.0.x.y')
 // Connections take turns over 16 source addresses, 127.0.x.y to 127.15.x.y (the orchestrator
@@ -98,8 +104,8 @@ interface BenchClient {
   close (): void
 }
 
-function connectWs (user: number, h: Handlers): BenchClient {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/u${user}`, ['bearer', tokenFor(user)], {
+function connectWs (user: number, h: Handlers, serverPort = port): BenchClient {
+  const ws = new WebSocket(`ws://127.0.0.1:${serverPort}/ws/u${user}`, ['bearer', tokenFor(user)], {
     origin: BENCH_ORIGIN,
     localAddress: sourceAddress(),
     perMessageDeflate: false
@@ -118,7 +124,7 @@ interface RawSocketHolder {
   transport?: { ws?: WebSocket | null }
 }
 
-function connectSocketIo (user: number, h: Handlers): BenchClient {
+function connectSocketIo (user: number, h: Handlers, serverPort = port): BenchClient {
   const options: Partial<ManagerOptions & SocketOptions> & { localAddress: string } = {
     transports: ['websocket'],
     auth: { token: tokenFor(user) },
@@ -127,7 +133,7 @@ function connectSocketIo (user: number, h: Handlers): BenchClient {
     extraHeaders: { origin: BENCH_ORIGIN },
     localAddress: sourceAddress()
   }
-  const socket = io(`http://127.0.0.1:${port}`, options)
+  const socket = io(`http://127.0.0.1:${serverPort}`, options)
   let raw: WebSocket | null | undefined
   let closing = false
   let closed = false
@@ -203,11 +209,40 @@ async function until (done: () => boolean, timeoutMs: number): Promise<boolean> 
 
 const stdinLines = createInterface({ input: process.stdin })
 const received: string[] = []
-stdinLines.on('line', (line) => received.push(line.trim()))
+let onCommand: (() => void) | undefined
+stdinLines.on('line', (line) => {
+  received.push(line.trim())
+  onCommand?.()
+})
 
 /** Waits for the orchestrator's `word` on stdin, at most `timeoutMs`. */
 async function waitForCommand (word: string, timeoutMs: number): Promise<boolean> {
   return until(() => received.includes(word), timeoutMs)
+}
+
+/**
+ * Takes the orchestrator's next `word` off stdin, at most `timeoutMs` later; false on timeout.
+ * Woken by the line itself, for hand-offs where `waitForCommand`'s 5 ms polling would show.
+ */
+async function takeCommand (word: string, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs
+  for (;;) {
+    const at = received.indexOf(word)
+    if (at >= 0) {
+      received.splice(at, 1)
+      return true
+    }
+    const left = deadline - performance.now()
+    if (left <= 0) return false
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, left)
+      onCommand = () => {
+        clearTimeout(timer)
+        onCommand = undefined
+        resolve()
+      }
+    })
+  }
 }
 
 const round3 = (n: number | null): number | null => n === null ? null : Math.round(n * 1000) / 1000
@@ -440,6 +475,121 @@ async function throughput (): Promise<object> {
   }
 }
 
+interface AlternatingServer {
+  conns: PipelinedConnection[]
+  opened: number
+  replies: number
+}
+
+/**
+ * The servers' CPU per message compared in many short windows, interleaved in time. On this
+ * kind of VM one server's CPU per message moves by ~10% from one window to the next whatever
+ * the window's length (50 ms or 250 ms alike), and drifts by 5-10% from one minute to the
+ * next; so the servers run at once (each idle while another is measured), and a comparison
+ * rests on many short windows rather than a few long ones. `connections` to each; a warm-up
+ * of `warmupMs` pipelined and `--rate-warmup-ms` at the fixed rate per server; then
+ * `--windows` rounds in which each server in turn gets `--window-ms` of pings at the fixed
+ * rate, after `--rate-pause-ms` with no traffic. Each window runs between an `alt-start` mark
+ * (traffic starts on the orchestrator's `go`, once it has read the servers' CPU time) and an
+ * `alt-stop` mark printed after the window's last reply, so the CPU between the marks is all
+ * of the work for the messages it counts. The order reverses every round (ABBA), so no
+ * server always goes first.
+ */
+async function alternating (): Promise<object> {
+  const connections = int('connections', args.connections, 50)
+  const users = int('users', args.users, connections)
+  const depth = int('depth', args.depth, 16)
+  const warmupMs = int('warmup-ms', args['warmup-ms'], 1000)
+  const windows = int('windows', args.windows, 48)
+  const windowMs = int('window-ms', args['window-ms'], 50)
+  const { rate, warmupMs: rateWarmupMs, pauseMs } = fixedRateArgs(int('rate', args.rate, 10_000))
+  for (let u = 0; u < users; u++) tokenFor(u)
+
+  let pipelining = false
+  let badReplies = 0
+  let closedEarly = 0
+  let closing = false
+  const servers: AlternatingServer[] = ports.map((serverPort) => {
+    const server: AlternatingServer = { conns: [], opened: 0, replies: 0 }
+    for (let i = 0; i < connections; i++) {
+      const conn: PipelinedConnection = { client: undefined as unknown as BenchClient, sentAt: [], open: false }
+      conn.client = connect(i % users, {
+        onOpen: () => { conn.open = true; server.opened++ },
+        onReply: (ok) => {
+          conn.sentAt.shift()
+          if (!ok) badReplies++
+          server.replies++
+          if (pipelining) {
+            conn.sentAt.push(0)
+            conn.client.ping()
+          }
+        },
+        onClose: () => { if (conn.open && !closing) closedEarly++; conn.open = false }
+      }, serverPort)
+      server.conns.push(conn)
+    }
+    return server
+  })
+  const total = connections * servers.length
+  if (!await until(() => servers.every((s) => s.opened === connections), 15_000)) {
+    throw new Error(`only ${servers.reduce((n, s) => n + s.opened, 0)} of ${total} connections opened`)
+  }
+  const drained = (server: AlternatingServer): Promise<boolean> => until(() => server.conns.every((c) => c.sentAt.length === 0 || !c.open), 5000)
+  const atFixedRate = (server: AlternatingServer): { skipped: number, stop: () => void } => {
+    let next = 0
+    return fixedRate(rate, () => {
+      const conn = server.conns[next++ % server.conns.length]!
+      conn.sentAt.push(0)
+      conn.client.ping()
+    })
+  }
+
+  for (const server of servers) {
+    pipelining = true
+    for (const conn of server.conns) {
+      for (let d = 0; d < depth; d++) {
+        conn.sentAt.push(0)
+        conn.client.ping()
+      }
+    }
+    await sleep(warmupMs)
+    pipelining = false
+    await drained(server)
+    const ticker = atFixedRate(server)
+    await sleep(rateWarmupMs)
+    ticker.stop()
+    await drained(server)
+  }
+
+  const measured: Array<{ server: number, messages: number, skipped: number, seconds: number }> = []
+  const order = servers.map((_, i) => i)
+  for (let w = 0; w < windows; w++) {
+    for (const index of w % 2 === 0 ? order : [...order].reverse()) {
+      const server = servers[index]!
+      await sleep(pauseMs)
+      const before = server.replies
+      emit({ mark: 'alt-start', server: index })
+      // Traffic starts once the orchestrator has read the servers' CPU time: a read that
+      // came after the first messages would charge them to no window.
+      if (!await takeCommand('go', 5000)) throw new Error('no "go" from the orchestrator')
+      const began = performance.now()
+      const ticker = atFixedRate(server)
+      await sleep(windowMs)
+      ticker.stop()
+      const seconds = (performance.now() - began) / 1000
+      if (!await drained(server)) throw new Error(`server ${index} did not answer every ping of a window within 5 s`)
+      const messages = server.replies - before
+      emit({ mark: 'alt-stop', server: index, messages, skipped: ticker.skipped })
+      measured.push({ server: index, messages, skipped: ticker.skipped, seconds: round3(seconds)! })
+    }
+  }
+
+  closing = true
+  for (const server of servers) for (const conn of server.conns) conn.client.close()
+  await until(() => servers.every((s) => s.conns.every((c) => !c.open)), 5000)
+  return { connections, users, rate, windows: measured, badReplies, closedEarly, errors }
+}
+
 /**
  * Windows in which each upgrade is a new connection that is admitted, closed, and waited for
  * until its TCP close. As fast as possible: `concurrency` clients back to back, which
@@ -593,7 +743,7 @@ async function memory (): Promise<object> {
 }
 
 async function main (): Promise<void> {
-  const result = mode === 'throughput' ? await throughput() : mode === 'handshake' ? await handshake() : await memory()
+  const result = mode === 'throughput' ? await throughput() : mode === 'handshake' ? await handshake() : mode === 'alternating' ? await alternating() : await memory()
   emit({ result })
   // Held sockets are torn down with the process; the orchestrator kills the server next.
   process.exit(0)

@@ -157,7 +157,10 @@ function compileSerializer (type: string, schema: TObject): OutboundSerializer {
   // The type is known here, so write it once as a prefix rather than copy every body to add it.
   const prefix = '{"type":' + JSON.stringify(type)
   if (Object.keys(schema.properties ?? {}).length === 0) {
-    const frame = prefix + '}'
+    // The same text as `prefix + '}'`, but one flat string, not a concatenation: Node measures
+    // and writes a flat one-byte string on its fast path, at every send (half the time, in a
+    // microbenchmark of Buffer.byteLength).
+    const frame = JSON.stringify({ type })
     return () => frame
   }
   const body = fastJson(schema)

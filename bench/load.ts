@@ -9,10 +9,11 @@
  * (`npm run bench` runs the tsc-compiled copy, bench/.runs/build/bench/load.js.)
  *
  * Prints JSON lines on stdout: `{"mark":"start"}` and `{"mark":"stop"}` around each measured
- * window (and `rate-start` / `rate-stop` around each fixed-rate one, `alt-start` / `alt-stop`
- * around each alternating one; the orchestrator reads the server's CPU time at each), `{"mark":"warm"}` and
- * `{"mark":"holding",...}` in memory mode (it then waits for `go` / `release` on stdin), and
- * last one `{"result":{...}}`. Every phase is bounded in time.
+ * window, `rate-start` / `rate-stop` around each fixed-rate one, and in alternating mode
+ * `alt-start` / `alt-stop` around each window and `alt-done` after the last (the orchestrator
+ * reads the servers' CPU time at each mark); `{"mark":"warm"}` and `{"mark":"holding",...}` in
+ * memory mode. It reads commands on stdin: `go` / `release` in memory mode, `go` after each
+ * `alt-start`. Last comes `{"result":{...}}`. Every phase is bounded in time.
  */
 import { createInterface } from 'node:readline'
 import { performance } from 'node:perf_hooks'
@@ -215,14 +216,9 @@ stdinLines.on('line', (line) => {
   onCommand?.()
 })
 
-/** Waits for the orchestrator's `word` on stdin, at most `timeoutMs`. */
-async function waitForCommand (word: string, timeoutMs: number): Promise<boolean> {
-  return until(() => received.includes(word), timeoutMs)
-}
-
 /**
  * Takes the orchestrator's next `word` off stdin, at most `timeoutMs` later; false on timeout.
- * Woken by the line itself, for hand-offs where `waitForCommand`'s 5 ms polling would show.
+ * Woken by the line itself: a figure that hands off every 50 ms cannot poll.
  */
 async function takeCommand (word: string, timeoutMs: number): Promise<boolean> {
   const deadline = performance.now() + timeoutMs
@@ -364,10 +360,70 @@ function fixedResult (window: FixedWindow, events: number, latency: Samples): ob
 // ---------------------------------------------------------------------------------------
 // Modes.
 
-interface PipelinedConnection {
+interface PingConnection {
   client: BenchClient
+  /** When each ping still waiting for its pong was sent. */
   sentAt: number[]
   open: boolean
+}
+
+/**
+ * `count` connections to one server (users taken in turn) that send pings and count pongs.
+ * `onReply` gets the connection, whether the reply was the pong, and the ping's round trip
+ * in ms. A connection that ends before `close()` counts in `closedEarly`.
+ */
+class PingPool {
+  readonly conns: PingConnection[] = []
+  opened = 0
+  closedEarly = 0
+  #closing = false
+  #next = 0
+
+  constructor (serverPort: number, count: number, users: number, onReply: (conn: PingConnection, ok: boolean, ms: number) => void) {
+    for (let i = 0; i < count; i++) {
+      const conn: PingConnection = { client: undefined as unknown as BenchClient, sentAt: [], open: false }
+      conn.client = connect(i % users, {
+        onOpen: () => { conn.open = true; this.opened++ },
+        onReply: (ok) => {
+          const now = performance.now()
+          onReply(conn, ok, now - (conn.sentAt.shift() ?? now))
+        },
+        onClose: () => { if (conn.open && !this.#closing) this.closedEarly++; conn.open = false }
+      }, serverPort)
+      this.conns.push(conn)
+    }
+  }
+
+  /** Resolves once every connection is open; throws after 15 s. */
+  async opening (): Promise<void> {
+    if (!await until(() => this.opened === this.conns.length, 15_000)) throw new Error(`only ${this.opened} of ${this.conns.length} connections opened`)
+  }
+
+  ping (conn: PingConnection): void {
+    conn.sentAt.push(performance.now())
+    conn.client.ping()
+  }
+
+  /** Pings the next connection in turn. */
+  pingNext (): void {
+    this.ping(this.conns[this.#next++ % this.conns.length]!)
+  }
+
+  /** Puts `depth` pings in flight on every connection. */
+  pipeline (depth: number): void {
+    for (const conn of this.conns) for (let d = 0; d < depth; d++) this.ping(conn)
+  }
+
+  /** Resolves once every ping sent has its pong; throws after 5 s. */
+  async drained (): Promise<void> {
+    if (!await until(() => this.conns.every((c) => c.sentAt.length === 0 || !c.open), 5000)) throw new Error('pings still unanswered 5 s after the last was sent')
+  }
+
+  async close (): Promise<void> {
+    this.#closing = true
+    for (const conn of this.conns) conn.client.close()
+    await until(() => this.conns.every((c) => !c.open), 5000)
+  }
 }
 
 /**
@@ -391,50 +447,28 @@ async function throughput (): Promise<object> {
   let replies = 0
   let fixedReplies = 0
   let badReplies = 0
-  let opened = 0
-  let closedEarly = 0
   const latency = new Samples(4_000_000)
   const fixedLatency = new Samples(1_000_000)
-  const conns: PipelinedConnection[] = []
-  for (let i = 0; i < connections; i++) {
-    const conn: PipelinedConnection = { client: undefined as unknown as BenchClient, sentAt: [], open: false }
-    conn.client = connect(i % users, {
-      onOpen: () => { conn.open = true; opened++ },
-      onReply: (ok) => {
-        const now = performance.now()
-        const sentAt = conn.sentAt.shift()
-        if (!ok) badReplies++
-        if (phase === 'fixed') {
-          if (measuring) {
-            fixedReplies++
-            if (sentAt !== undefined) fixedLatency.push(now - sentAt)
-          }
-          return
-        }
-        if (phase === 'measure') {
-          replies++
-          if (sentAt !== undefined) latency.push(now - sentAt)
-        }
-        if (phase !== 'drain') {
-          conn.sentAt.push(now)
-          conn.client.ping()
-        }
-      },
-      onClose: () => { if (conn.open && phase !== 'drain') closedEarly++; conn.open = false }
-    })
-    conns.push(conn)
-  }
-  if (!await until(() => opened === connections, 15_000)) throw new Error(`only ${opened} of ${connections} connections opened`)
-  const drained = (): Promise<boolean> => until(() => conns.every((c) => c.sentAt.length === 0 || !c.open), 5000)
+  const pool = new PingPool(port, connections, users, (conn, ok, ms) => {
+    if (!ok) badReplies++
+    if (phase === 'fixed') {
+      if (measuring) {
+        fixedReplies++
+        fixedLatency.push(ms)
+      }
+      return
+    }
+    if (phase === 'measure') {
+      replies++
+      latency.push(ms)
+    }
+    if (phase !== 'drain') pool.ping(conn)
+  })
+  await pool.opening()
 
   // Pipelined window.
   phase = 'warmup'
-  for (const conn of conns) {
-    for (let d = 0; d < depth; d++) {
-      conn.sentAt.push(performance.now())
-      conn.client.ping()
-    }
-  }
+  pool.pipeline(depth)
   await sleep(warmupMs)
   phase = 'measure'
   emit({ mark: 'start' })
@@ -443,21 +477,15 @@ async function throughput (): Promise<object> {
   emit({ mark: 'stop' })
   phase = 'drain'
   const seconds = (performance.now() - started) / 1000
-  await drained()
+  await pool.drained()
 
   // Fixed-rate window.
   phase = 'fixed'
-  let next = 0
-  const fixed = await fixedRateWindow(fixedArgs, () => {
-    const conn = conns[next++ % conns.length]!
-    conn.sentAt.push(performance.now())
-    conn.client.ping()
-  }, () => fixedReplies, (on) => { measuring = on })
+  const fixed = await fixedRateWindow(fixedArgs, () => pool.pingNext(), () => fixedReplies, (on) => { measuring = on })
   phase = 'drain'
-  await drained()
+  await pool.drained()
 
-  for (const conn of conns) conn.client.close()
-  await until(() => conns.every((c) => !c.open), 5000)
+  await pool.close()
   return {
     connections,
     users,
@@ -470,124 +498,76 @@ async function throughput (): Promise<object> {
     fixedMessages: fixedReplies,
     ...fixedResult(fixed, fixedReplies, fixedLatency),
     badReplies,
-    closedEarly,
+    closedEarly: pool.closedEarly,
     errors
   }
 }
 
-interface AlternatingServer {
-  conns: PipelinedConnection[]
-  opened: number
-  replies: number
-}
-
 /**
- * The servers' CPU per message compared in many short windows, interleaved in time. On this
- * kind of VM one server's CPU per message moves by ~10% from one window to the next whatever
- * the window's length (50 ms or 250 ms alike), and drifts by 5-10% from one minute to the
- * next; so the servers run at once (each idle while another is measured), and a comparison
- * rests on many short windows rather than a few long ones. `connections` to each; a warm-up
- * of `warmupMs` pipelined and `--rate-warmup-ms` at the fixed rate per server; then
- * `--windows` rounds in which each server in turn gets `--window-ms` of pings at the fixed
- * rate, after `--rate-pause-ms` with no traffic. Each window runs between an `alt-start` mark
- * (traffic starts on the orchestrator's `go`, once it has read the servers' CPU time) and an
- * `alt-stop` mark printed after the window's last reply, so the CPU between the marks is all
- * of the work for the messages it counts. The order reverses every round (ABBA), so no
- * server always goes first.
+ * The servers' CPU per message in short fixed-rate windows that take turns between them
+ * (bench/README.md, figure 1b, says why). `connections` to each server; per server a warm-up
+ * of `warmupMs` pipelined and `--rate-warmup-ms` at the fixed rate; then `--windows` rounds in
+ * which each server in turn, after `--rate-pause-ms` without traffic, gets `--window-ms` of
+ * pings at the fixed rate. A window opens with an `alt-start` mark, and its traffic starts on
+ * the orchestrator's `go`, once it has read the servers' CPU time; its `alt-stop` mark comes
+ * after its last reply. Each round starts one server further along, so none always goes first.
  */
 async function alternating (): Promise<object> {
   const connections = int('connections', args.connections, 50)
   const users = int('users', args.users, connections)
   const depth = int('depth', args.depth, 16)
   const warmupMs = int('warmup-ms', args['warmup-ms'], 1000)
-  const windows = int('windows', args.windows, 48)
+  const windows = int('windows', args.windows, 16)
   const windowMs = int('window-ms', args['window-ms'], 50)
   const { rate, warmupMs: rateWarmupMs, pauseMs } = fixedRateArgs(int('rate', args.rate, 10_000))
   for (let u = 0; u < users; u++) tokenFor(u)
 
   let pipelining = false
   let badReplies = 0
-  let closedEarly = 0
-  let closing = false
-  const servers: AlternatingServer[] = ports.map((serverPort) => {
-    const server: AlternatingServer = { conns: [], opened: 0, replies: 0 }
-    for (let i = 0; i < connections; i++) {
-      const conn: PipelinedConnection = { client: undefined as unknown as BenchClient, sentAt: [], open: false }
-      conn.client = connect(i % users, {
-        onOpen: () => { conn.open = true; server.opened++ },
-        onReply: (ok) => {
-          conn.sentAt.shift()
-          if (!ok) badReplies++
-          server.replies++
-          if (pipelining) {
-            conn.sentAt.push(0)
-            conn.client.ping()
-          }
-        },
-        onClose: () => { if (conn.open && !closing) closedEarly++; conn.open = false }
-      }, serverPort)
-      server.conns.push(conn)
-    }
-    return server
-  })
-  const total = connections * servers.length
-  if (!await until(() => servers.every((s) => s.opened === connections), 15_000)) {
-    throw new Error(`only ${servers.reduce((n, s) => n + s.opened, 0)} of ${total} connections opened`)
-  }
-  const drained = (server: AlternatingServer): Promise<boolean> => until(() => server.conns.every((c) => c.sentAt.length === 0 || !c.open), 5000)
-  const atFixedRate = (server: AlternatingServer): { skipped: number, stop: () => void } => {
-    let next = 0
-    return fixedRate(rate, () => {
-      const conn = server.conns[next++ % server.conns.length]!
-      conn.sentAt.push(0)
-      conn.client.ping()
+  const replies = ports.map(() => 0)
+  const pools = ports.map((serverPort, index) => {
+    const pool: PingPool = new PingPool(serverPort, connections, users, (conn, ok) => {
+      if (!ok) badReplies++
+      replies[index]!++
+      if (pipelining) pool.ping(conn)
     })
-  }
+    return pool
+  })
+  for (const pool of pools) await pool.opening()
 
-  for (const server of servers) {
+  for (const pool of pools) {
     pipelining = true
-    for (const conn of server.conns) {
-      for (let d = 0; d < depth; d++) {
-        conn.sentAt.push(0)
-        conn.client.ping()
-      }
-    }
+    pool.pipeline(depth)
     await sleep(warmupMs)
     pipelining = false
-    await drained(server)
-    const ticker = atFixedRate(server)
+    await pool.drained()
+    const ticker = fixedRate(rate, () => pool.pingNext())
     await sleep(rateWarmupMs)
     ticker.stop()
-    await drained(server)
+    await pool.drained()
   }
 
-  const measured: Array<{ server: number, messages: number, skipped: number, seconds: number }> = []
-  const order = servers.map((_, i) => i)
   for (let w = 0; w < windows; w++) {
-    for (const index of w % 2 === 0 ? order : [...order].reverse()) {
-      const server = servers[index]!
+    for (let k = 0; k < pools.length; k++) {
+      const index = (w + k) % pools.length
+      const pool = pools[index]!
       await sleep(pauseMs)
-      const before = server.replies
+      const before = replies[index]!
       emit({ mark: 'alt-start', server: index })
-      // Traffic starts once the orchestrator has read the servers' CPU time: a read that
-      // came after the first messages would charge them to no window.
+      // A CPU reading taken after the first messages would leave them out of every window.
       if (!await takeCommand('go', 5000)) throw new Error('no "go" from the orchestrator')
-      const began = performance.now()
-      const ticker = atFixedRate(server)
+      const ticker = fixedRate(rate, () => pool.pingNext())
       await sleep(windowMs)
       ticker.stop()
-      const seconds = (performance.now() - began) / 1000
-      if (!await drained(server)) throw new Error(`server ${index} did not answer every ping of a window within 5 s`)
-      const messages = server.replies - before
-      emit({ mark: 'alt-stop', server: index, messages, skipped: ticker.skipped })
-      measured.push({ server: index, messages, skipped: ticker.skipped, seconds: round3(seconds)! })
+      await pool.drained()
+      emit({ mark: 'alt-stop', server: index, messages: replies[index]! - before, skipped: ticker.skipped, seconds: windowMs / 1000 })
     }
   }
+  await sleep(pauseMs)
+  emit({ mark: 'alt-done' })
 
-  closing = true
-  for (const server of servers) for (const conn of server.conns) conn.client.close()
-  await until(() => servers.every((s) => s.conns.every((c) => !c.open)), 5000)
-  return { connections, users, rate, windows: measured, badReplies, closedEarly, errors }
+  for (const pool of pools) await pool.close()
+  return { connections, users, rate, windows, badReplies, closedEarly: pools.reduce((n, pool) => n + pool.closedEarly, 0), errors }
 }
 
 /**
@@ -730,7 +710,7 @@ async function memory (): Promise<object> {
   await until(() => warm.every((c) => !c.open), 5000)
   await sleep(100)
   emit({ mark: 'warm' })
-  if (!await waitForCommand('go', 20_000)) throw new Error('no "go" from the orchestrator')
+  if (!await takeCommand('go', 20_000)) throw new Error('no "go" from the orchestrator')
 
   const startedAt = performance.now()
   const { held, complete } = await openAnswered(connections, users, 0, concurrency, 90_000)
@@ -738,7 +718,7 @@ async function memory (): Promise<object> {
   const count = (): number => held.filter((c) => c.open && c.answered).length
   // `complete` is false when opening them all took longer than allowed (a busy machine).
   emit({ mark: 'holding', held: count(), complete })
-  if (!await waitForCommand('release', 30_000)) throw new Error('no "release" from the orchestrator')
+  if (!await takeCommand('release', 30_000)) throw new Error('no "release" from the orchestrator')
   return { connections, users, held: count(), complete, openSeconds: round3(openSeconds), errors }
 }
 

@@ -156,17 +156,15 @@ function hasUnconstrainedValue (schema: unknown, writesValue = true): boolean {
 function compileSerializer (type: string, schema: TObject): OutboundSerializer {
   // The type is known here, so write it once as a prefix rather than copy every body to add it.
   const prefix = '{"type":' + JSON.stringify(type)
-  if (Object.keys(schema.properties ?? {}).length === 0) {
-    // The same text as `prefix + '}'`, but one flat string, not a concatenation: Node measures
-    // and writes a flat one-byte string on its fast path, at every send (half the time, in a
-    // microbenchmark of Buffer.byteLength).
-    const frame = JSON.stringify({ type })
-    return () => frame
-  }
+  // `prefix + '}'` as one flat string rather than a concatenation: Node measures and writes a
+  // flat one-byte string on its fast path, at every send (twice as fast in a microbenchmark
+  // of Buffer.byteLength).
+  const bare = JSON.stringify({ type })
+  if (Object.keys(schema.properties ?? {}).length === 0) return () => bare
   const body = fastJson(schema)
   return (value) => {
     const json = body(value)
-    return json.length === 2 ? prefix + '}' : prefix + ',' + json.slice(1)
+    return json.length === 2 ? bare : prefix + ',' + json.slice(1)
   }
 }
 

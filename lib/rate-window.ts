@@ -45,6 +45,21 @@ export class SlidingLog implements RateWindow {
 }
 
 /**
+ * Where bucket numbers start: an hour boundary near when this module loaded. Counted from the
+ * epoch, a 50 ms bucket's number (~3.5e10) is too large for V8 to keep as a small integer, so
+ * each read of it would go through a boxed number, one more cache line per check. Bucket
+ * lengths that divide an hour (the library's 50 ms and 1 s do) keep the boundaries they would
+ * have from the epoch; any other length still gets one fixed grid of buckets.
+ */
+const CLOCK_ORIGIN_MS = Math.floor(Date.now() / 3_600_000) * 3_600_000
+
+/** `tick` modulo `size`, also for ticks before the origin (clocks given in tests). */
+function ringIndex (tick: number, size: number): number {
+  const i = tick % size
+  return i < 0 ? i + size : i
+}
+
+/**
  * The bucketed window, for limits too large to log every event: `windowMs` is split into
  * fixed buckets, and one bucket more is kept than the window needs, so the counted span
  * always covers the last `windowMs` in full. That keeps the check conservative (no span of
@@ -87,7 +102,7 @@ export class SlidingWindowCounter implements RateWindow {
     this.#current++
   }
 
-  /** Counts `n` events at the current bucket; call `count` first so the buckets are current. */
+  /** Counts `n` events (a non-negative integer) at the current bucket; call `count` first so the buckets are current. */
   add (n: number): void {
     this.#current += n
   }
@@ -119,20 +134,6 @@ export class SlidingWindowCounter implements RateWindow {
     this.#current = 0
     this.#tick = tick
   }
-}
-
-/**
- * Where bucket numbers start: an hour boundary near when this module loaded. Counted from the
- * epoch, a 50 ms bucket's number (~3.5e10) is too large for V8 to keep as a small integer, so
- * each read of it would go through a boxed number, one more cache line per check. Any
- * multiple of the bucket length keeps buckets aligned as they would be from the epoch.
- */
-const CLOCK_ORIGIN_MS = Math.floor(Date.now() / 3_600_000) * 3_600_000
-
-/** `tick` modulo `size`, also for ticks before the origin (clocks given in tests). */
-function ringIndex (tick: number, size: number): number {
-  const i = tick % size
-  return i < 0 ? i + size : i
 }
 
 export const SECOND_MS = 1000

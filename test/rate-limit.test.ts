@@ -217,9 +217,11 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
 
   t.test('limits above EXACT_LIMIT_MAX: never more than the limit within any one-minute span (property, brute force)', async (t) => {
     // One-second buckets: bursts, pauses of a few buckets and gaps longer than the window all
-    // move the ring, on a clock from the epoch and on one from a recent time.
-    for (const start of [0, 1_700_000_000_000]) {
-      const next = random(13)
+    // move the ring. Ticks count from an hour boundary near when the module loaded, so the
+    // clocks start at the epoch, 90 minutes ago (crossing that boundary) and now.
+    const clocks = [0, Date.now() - 90 * MINUTE_MS + 137, Date.now() + 137]
+    for (const [k, start] of clocks.entries()) {
+      const next = random(13 + k)
       const limit = EXACT_LIMIT_MAX + 172
       const limits = { messagesPerSecond: 1_000_000, messagesPerMinute: limit }
       const counter = new RateCounter(limits)
@@ -240,6 +242,36 @@ t.test('SlidingWindowCounter / RateCounter with explicit clocks', async (t) => {
       t.ok(busiestSpan(accepted, MINUTE_MS) <= limit, `clock from ${start}: at most ${limit} in any span of 60 s (accepted ${accepted.length})`)
       t.equal(refusedWithRoom, 0, `clock from ${start}: never refused while the last 61 s had room`)
       t.ok(accepted.length > 4 * limit && refused > 1000, `clock from ${start}: several full windows exercised (refused ${refused})`)
+    }
+  })
+
+  t.test('SlidingWindowCounter counts what a plain tick-by-tick tally counts (property, against a model)', async (t) => {
+    // The model keeps every bucket's count by its number from the epoch and sums the newest
+    // `buckets + 1`; the counter keeps only the current bucket and a ring. Steps forward, gaps
+    // past the window, clocks that step back, and several events at once, on clocks before,
+    // across and after the hour boundary ticks count from.
+    for (const [windowMs, buckets] of [[SECOND_MS, 20], [MINUTE_MS, 60], [1000, 10]] as const) {
+      for (const [k, start] of [0, Date.now() - 70 * MINUTE_MS, Date.now()].entries()) {
+        const next = random(101 + k)
+        const bucketMs = windowMs / buckets
+        const w = new SlidingWindowCounter(windowMs, buckets)
+        const tally = new Map<number, number>()
+        let newest = Number.NEGATIVE_INFINITY
+        let now = start
+        let mismatches = 0
+        for (let i = 0; i < 5000; i++) {
+          const r = next()
+          now += r < 0.8 ? Math.floor(next() * bucketMs) : r < 0.9 ? -Math.floor(next() * 2 * bucketMs) : r < 0.97 ? Math.floor(next() * windowMs) : windowMs + Math.floor(next() * 2 * windowMs)
+          newest = Math.max(newest, Math.floor(now / bucketMs))
+          let expected = 0
+          for (let b = newest - buckets; b <= newest; b++) expected += tally.get(b) ?? 0
+          if (w.count(now) !== expected) mismatches++
+          const n = next() < 0.2 ? 1 + Math.floor(next() * 5) : 1
+          w.add(n)
+          tally.set(newest, (tally.get(newest) ?? 0) + n)
+        }
+        t.equal(mismatches, 0, `${windowMs} ms in ${buckets} buckets, clock from ${start}: the same count after every step`)
+      }
     }
   })
 

@@ -534,6 +534,14 @@ async function alternating (): Promise<object> {
     return pool
   })
   for (const pool of pools) await pool.opening()
+  /** Pings `pool` at the fixed rate for `ms`, then waits for the last pong; returns the sends skipped. */
+  const atFixedRate = async (pool: PingPool, ms: number): Promise<number> => {
+    const ticker = fixedRate(rate, () => pool.pingNext())
+    await sleep(ms)
+    ticker.stop()
+    await pool.drained()
+    return ticker.skipped
+  }
 
   for (const pool of pools) {
     pipelining = true
@@ -541,10 +549,7 @@ async function alternating (): Promise<object> {
     await sleep(warmupMs)
     pipelining = false
     await pool.drained()
-    const ticker = fixedRate(rate, () => pool.pingNext())
-    await sleep(rateWarmupMs)
-    ticker.stop()
-    await pool.drained()
+    await atFixedRate(pool, rateWarmupMs)
   }
 
   for (let w = 0; w < windows; w++) {
@@ -556,11 +561,8 @@ async function alternating (): Promise<object> {
       emit({ mark: 'alt-start', server: index })
       // A CPU reading taken after the first messages would leave them out of every window.
       if (!await takeCommand('go', 5000)) throw new Error('no "go" from the orchestrator')
-      const ticker = fixedRate(rate, () => pool.pingNext())
-      await sleep(windowMs)
-      ticker.stop()
-      await pool.drained()
-      emit({ mark: 'alt-stop', server: index, messages: replies[index]! - before, skipped: ticker.skipped, seconds: windowMs / 1000 })
+      const skipped = await atFixedRate(pool, windowMs)
+      emit({ mark: 'alt-stop', server: index, messages: replies[index]! - before, skipped, seconds: windowMs / 1000 })
     }
   }
   await sleep(pauseMs)

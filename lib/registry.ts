@@ -48,7 +48,7 @@ export class Registry {
   remove (connection: Connection): void {
     this.#connections.delete(connection)
     removeFrom(this.#byUser, connection.user.id, connection)
-    if (this.#expiring.delete(connection) && this.#expiring.size === 0) this.#stopExpiryWatch()
+    this.#expiring.delete(connection)
     if (connection.topics !== undefined) {
       for (const topic of connection.topics) removeFrom(this.#byTopic, topic, connection)
       connection.topics = undefined
@@ -68,6 +68,9 @@ export class Registry {
 
   // One timer for every expiring connection rather than one each: a per-connection timer
   // costs memory and set-up time on every upgrade; closing up to a tick late is harmless.
+  // The timer stops at its first tick with nothing to watch, not when the last connection
+  // ends: where connections come and go one at a time, stopping and starting it at each
+  // would cost two timer operations per upgrade.
   #watchExpiry (): void {
     if (this.#expiryTimer !== undefined) return
     this.#expiryTimer = setInterval(() => {
@@ -122,7 +125,7 @@ export class Registry {
    */
   async closeAll (kind: CloseKind, timeoutMs: number): Promise<void> {
     this.closing = true
-    if (this.#connections.size === 0) return
+    if (this.#connections.size === 0) return this.#stopExpiryWatch()
     const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
     for (const connection of this.#connections) connection.closeFor(kind)
     const timer = setTimeout(() => {
@@ -131,6 +134,7 @@ export class Registry {
     await ended
     clearTimeout(timer)
     this.#onEmpty = undefined
+    this.#stopExpiryWatch()
   }
 
   stats (): SecureWsStats {

@@ -88,12 +88,16 @@ export function readToken (request: FastifyRequest): string | undefined {
   if (fromQuery !== undefined && fromQuery !== '') return fromQuery
   const header = request.headers['sec-websocket-protocol']
   if (header === undefined) return undefined
-  const protocols = header.split(',')
-  for (let i = 0; i < protocols.length - 1; i++) {
-    if (protocols[i]!.trim() === BEARER_PROTOCOL) {
-      const token = protocols[i + 1]!.trim()
+  // The protocol after the first `bearer`, found by scanning rather than splitting: the
+  // header is read on every upgrade, and a split builds an array of every protocol in it.
+  let start = 0
+  for (let comma = header.indexOf(','); comma !== -1; comma = header.indexOf(',', start)) {
+    if (header.slice(start, comma).trim() === BEARER_PROTOCOL) {
+      const end = header.indexOf(',', comma + 1)
+      const token = header.slice(comma + 1, end === -1 ? header.length : end).trim()
       return token === '' ? undefined : token
     }
+    start = comma + 1
   }
   return undefined
 }

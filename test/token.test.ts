@@ -97,6 +97,22 @@ t.test('transport', async (t) => {
     t.same(await closeOf(c), INVALID_TOKEN)
   })
 
+  t.test('the token is the protocol right after bearer, wherever bearer stands in the list', async (t) => {
+    const { url } = await build(t)
+    const token = sign('alice')
+    for (const protocols of [['chat', 'bearer', token], ['bearer', token, 'chat'], ['chat', 'bearer', token, 'v2']]) {
+      const c = await connect(url('/ws/alice-1'), { protocols })
+      t.equal(c.ws.protocol, 'bearer', `${protocols.length} offered: bearer is chosen`)
+      c.send({ type: 'ping' })
+      t.same(await c.next(), { type: 'pong' }, `admitted with bearer at ${protocols.indexOf('bearer')}`)
+      await c.close()
+    }
+    for (const protocols of [['chat', 'bearer'], [token, 'bearer']]) {
+      const c = await connect(url('/ws/alice-1'), { protocols })
+      t.same(await closeOf(c), INVALID_TOKEN, `[${protocols.map((p) => p === token ? '<token>' : p).join(', ')}] carries no token after bearer`)
+    }
+  })
+
   t.test('an empty ?token= is refused with 4401', async (t) => {
     const { url } = await build(t)
     const c = await connect(url('/ws/alice-1?token='))

@@ -45,6 +45,7 @@ import { cpus, loadavg, release } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { MemoryLine } from './common.js'
+import { median, ratio, roundOrder, roundPairedUpgrades, type RoundPairedUpgrades } from './rounds.js'
 
 const ROOT = resolve(__dirname, '..')
 const FD_LIMIT = 200_000
@@ -99,7 +100,9 @@ const UPGRADE_RATE = 800
 // The 5% per-message target compares two servers whose CPU per message differs by less than
 // one measurement's noise on this VM; bench/README.md (figure 1b) has the numbers. Each pair
 // round starts both fresh, side by side, and the load takes turns between them in short
-// windows (bench/load.ts `alternating`); the check is the median over the pair rounds.
+// windows (bench/load.ts `alternating`); the check is the median over the pair rounds. In the
+// other rounds the two run back to back, and the per-upgrade check is the median of each
+// round's ratio (bench/rounds.ts).
 const PAIRED_TARGETS: readonly string[] = ['baseline', 'secure']
 const SOCKETIO_UPGRADE_RATE = 300
 
@@ -706,13 +709,6 @@ async function runTarget (target: Target, redis: RedisServer | undefined, withMe
 
 const isNumber = (v: number | null | undefined): v is number => v !== null && v !== undefined
 
-function median (values: number[]): number | null {
-  if (values.length === 0) return null
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = sorted.length >> 1
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
-}
-
 interface Medians {
   /** Pipelined window. */
   messagesPerSecond: number | null
@@ -784,44 +780,6 @@ function summarise (target: Target, rounds: RoundResult[]): Medians {
     ...(withRedis ? { redisCpuUsPerMessage: median(pick((r) => r.throughput?.redisCpuUsPerMessage)) } : {}),
     rounds: rounds.length
   }
-}
-
-const ratio = (a: number | null | undefined, b: number | null | undefined): number | null =>
-  a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b
-
-
-interface RoundPairedUpgrades {
-  rate: number
-  /** fastify-secure-ws's CPU per upgrade over the baseline's in the same round, one per round where both held the rate. */
-  ratios: number[]
-  /** Rounds left out because either server's load fell behind the rate. */
-  roundsLeftOut: number
-  /** The median of `ratios`: what the per-upgrade target is judged on. */
-  ratio: number | null
-}
-
-/**
- * The per-upgrade target compares two servers whose rounds each move by 10-15%, and over a
- * run the machine drifts by as much. Within a round the two run back to back (roundOrder),
- * so a round's ratio sees both under the same drift; the median over rounds is judged.
- */
-function roundPairedUpgrades (base: RoundResult[], sec: RoundResult[], rate: number): RoundPairedUpgrades {
-  // A rate listed twice counts its last window, as in the medians (see UPGRADE_RATE).
-  const at = (round: RoundResult | undefined): FixedUpgrades | undefined => round?.handshake?.fixed.filter((w) => w.rate === rate).pop()
-  const ratios: number[] = []
-  let roundsLeftOut = 0
-  for (let r = 0; r < Math.min(base.length, sec.length); r++) {
-    const b = at(base[r])
-    const s = at(sec[r])
-    if (b === undefined || s === undefined) continue
-    if (!b.fixedRateHeld || !s.fixedRateHeld) {
-      roundsLeftOut++
-      continue
-    }
-    const value = ratio(s.cpuUsPerUpgrade, b.cpuUsPerUpgrade)
-    if (value !== null) ratios.push(value)
-  }
-  return { rate, ratios, roundsLeftOut, ratio: median(ratios) }
 }
 
 interface PairedMedians {
@@ -957,23 +915,6 @@ interface SecurityPath {
   messages: Record<string, { securedNs: number, plainNs: number, overheadNs: number, ratio: number }>
 }
 
-/**
- * The order of round `r`: it starts r places further along, so no target always runs first
- * or last. The baseline and fastify-secure-ws run back to back, taking turns at running
- * first: the per-upgrade target is judged on their ratio within each round (see
- * roundPairedUpgrades), and a server that always ran second would always find the kernel
- * holding the first one's closed connections.
- */
-function roundOrder (inRound: Target[], r: number): Target[] {
-  const paired = (t: Target): boolean => PAIRED_TARGETS.includes(t.name)
-  const pair = inRound.filter(paired)
-  if (r % 2 === 1) pair.reverse()
-  // The pair is one unit, where the first of the two stands in the list.
-  const firstPaired = inRound.find(paired)
-  const units = inRound.filter((t) => !paired(t) || t === firstPaired).map((t) => paired(t) ? pair : [t])
-  return units.map((_, i) => units[(i + r) % units.length]!).flat()
-}
-
 async function main (): Promise<void> {
   const began = Date.now()
   const loadBefore = loadavg()
@@ -1010,7 +951,7 @@ async function main (): Promise<void> {
     const pairRounds: PairRound[] = []
     const allRounds = Math.max(...targets.map(roundsOf), pairedTargets === undefined ? 0 : PAIR_ROUNDS)
     for (let r = 0; r < allRounds; r++) {
-      for (const target of roundOrder(targets.filter((t) => roundsOf(t) > r), r)) {
+      for (const target of roundOrder(targets.filter((t) => roundsOf(t) > r), r, PAIRED_TARGETS)) {
         process.stdout.write(`round ${r + 1}/${roundsOf(target)} ${target.name} ... `)
         const result = await runTarget(target, redis, r < MEMORY_ROUNDS)
         byTarget[target.name]!.push(result)

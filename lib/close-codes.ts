@@ -15,6 +15,7 @@ export const DEFAULT_CLOSE_REASONS = {
   messageTooBig: { code: 1009, reason: 'Message too big', status: 413 },
   tokenExpired: { code: 4401, reason: 'Invalid or expired authentication token', status: 401 },
   disconnected: { code: 4403, reason: 'Disconnected by the server', status: 403 },
+  heartbeatTimeout: { code: 4408, reason: 'No answer to ping', status: 408 },
   shuttingDown: { code: 1001, reason: 'Server shutting down', status: 503 }
 } as const
 

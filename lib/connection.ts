@@ -46,6 +46,8 @@ export class Connection implements SecureWsConnection {
   readonly #registry: Registry
   readonly #release: () => void
   #ended = false
+  /** Whether the peer has answered the last ping (see heartbeat). */
+  #answered = true
 
   constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {
     this.id = init.id
@@ -63,6 +65,7 @@ export class Connection implements SecureWsConnection {
     ;(socket as OwnedSocket)[kConnection] = this
     socket.on('message', Connection.#onMessage)
     socket.on('close', Connection.#onClose)
+    socket.on('pong', Connection.#onPong)
     registry.add(this)
     const expiresAt = this.user.expiresAt
     if (expiresAt !== undefined && expiresAt <= Date.now()) this.closeFor('tokenExpired')
@@ -124,6 +127,23 @@ export class Connection implements SecureWsConnection {
     this.#socket.terminate()
   }
 
+  /**
+   * One beat of the registry's heartbeat. A peer that has not answered the previous ping
+   * vanished without closing (or ignores pings, which RFC 6455 does not allow) and is cut
+   * off: the close frame tells a peer that is still there why, and ending the socket at once
+   * frees the slot, where waiting for a vanished peer's answer to the close would not.
+   */
+  heartbeat (): void {
+    if (this.#closing) return
+    if (!this.#answered) {
+      this.closeFor('heartbeatTimeout')
+      this.#socket.terminate()
+      return
+    }
+    this.#answered = false
+    this.#socket.ping()
+  }
+
   // Shared by every connection and called with the socket as `this`: a listener per
   // connection (two closures and their scope) would cost ~190 B of each connection's memory.
   static readonly #onMessage = function (this: WebSocket, data: RawData, isBinary: boolean): void {
@@ -132,6 +152,10 @@ export class Connection implements SecureWsConnection {
 
   static readonly #onClose = function (this: WebSocket): void {
     (this as OwnedSocket)[kConnection].#end()
+  }
+
+  static readonly #onPong = function (this: WebSocket): void {
+    (this as OwnedSocket)[kConnection].#answered = true
   }
 
   #receive (data: RawData, isBinary: boolean): void {

@@ -47,7 +47,7 @@ function validateCloseFrame (code: number, reason: string | undefined): void {
 
 const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {
   const options = validateOptions(rawOptions)
-  const registry = new Registry(options.store)
+  const registry = new Registry(options.store, options.heartbeatIntervalMs)
   const store = options.store
   store.init?.({
     log: fastify.log,

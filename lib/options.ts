@@ -41,6 +41,11 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 })
 
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 3000
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
+/** Shorter beats would turn the heartbeat into traffic of its own. */
+export const MIN_HEARTBEAT_INTERVAL_MS = 100
+// setInterval's own ceiling: a longer delay is silently taken as 1 ms.
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 export interface SecureWsOptions {
   /**
@@ -68,6 +73,14 @@ export interface SecureWsOptions {
   rejectWith?: 'close' | 'http'
   /** How long `fastify.close()` waits for clients to answer the 1001 close before cutting them off. @default 3000 */
   shutdownTimeoutMs?: number
+  /**
+   * How often every connection is pinged, in ms. A connection that has not answered the
+   * previous ping when the next one is due is closed with 4408 and cut off, which frees its
+   * slot: a client that vanished without closing (a dropped network, a sleeping laptop)
+   * would otherwise hold one of its user's `connectionsPerUser` until TCP gives up, often
+   * hours later. `0` turns the heartbeat off. @default 30000
+   */
+  heartbeatIntervalMs?: number
 }
 
 /** The options every other module reads: complete, validated, frozen. */
@@ -79,9 +92,11 @@ export interface ResolvedOptions {
   readonly closeReasons: CloseReasons
   readonly rejectWith: 'close' | 'http'
   readonly shutdownTimeoutMs: number
+  /** 0 when the heartbeat is off. */
+  readonly heartbeatIntervalMs: number
 }
 
-const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs'])
+const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs'])
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
 const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'] as const
 
@@ -177,6 +192,10 @@ export function validateOptions (raw: unknown): ResolvedOptions {
   if (raw.allowMissingOrigin !== undefined && typeof raw.allowMissingOrigin !== 'boolean') fail('allowMissingOrigin must be a boolean')
   if (raw.rejectWith !== undefined && raw.rejectWith !== 'close' && raw.rejectWith !== 'http') fail('rejectWith must be "close" or "http"')
   if (raw.shutdownTimeoutMs !== undefined && !isPositiveInteger(raw.shutdownTimeoutMs)) fail('shutdownTimeoutMs must be a positive integer')
+  const heartbeat = raw.heartbeatIntervalMs
+  if (heartbeat !== undefined && heartbeat !== 0 && !(isPositiveInteger(heartbeat) && heartbeat >= MIN_HEARTBEAT_INTERVAL_MS && heartbeat <= MAX_TIMER_MS)) {
+    fail(`heartbeatIntervalMs must be 0 (off) or an integer from ${MIN_HEARTBEAT_INTERVAL_MS} to ${MAX_TIMER_MS}`)
+  }
   const verifyToken = validateVerifier(raw)
   const limits = Object.freeze({ ...DEFAULT_LIMITS, ...validateLimits(raw.limits, 'limits') })
   return Object.freeze({
@@ -186,7 +205,8 @@ export function validateOptions (raw: unknown): ResolvedOptions {
     store: validateStore(raw.store),
     closeReasons: validateCloseReasons(raw.closeReasons),
     rejectWith: (raw.rejectWith ?? 'close') as 'close' | 'http',
-    shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number
+    shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number,
+    heartbeatIntervalMs: (heartbeat ?? DEFAULT_HEARTBEAT_INTERVAL_MS) as number
   })
 }
 

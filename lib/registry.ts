@@ -28,12 +28,16 @@ export class Registry {
   /** Connections whose user has an `expiresAt`; one timer checks them all. */
   readonly #expiring = new Set<Connection>()
   readonly #store: SecureWsStore
+  readonly #heartbeatIntervalMs: number
   #expiryTimer: NodeJS.Timeout | undefined
+  #heartbeat: NodeJS.Timeout | undefined
   #onEmpty: (() => void) | undefined
   closing = false
 
-  constructor (store: SecureWsStore) {
+  /** `heartbeatIntervalMs`: how often every connection is pinged; 0 for never. */
+  constructor (store: SecureWsStore, heartbeatIntervalMs = 0) {
     this.#store = store
+    this.#heartbeatIntervalMs = heartbeatIntervalMs
   }
 
   add (connection: Connection): void {
@@ -43,6 +47,7 @@ export class Registry {
       this.#expiring.add(connection)
       this.#watchExpiry()
     }
+    if (this.#heartbeat === undefined && this.#heartbeatIntervalMs > 0) this.#startHeartbeat()
   }
 
   remove (connection: Connection): void {
@@ -91,6 +96,23 @@ export class Registry {
     this.#expiryTimer = undefined
   }
 
+  // One timer beats for every connection, from the first connection until the plugin closes:
+  // an idle beat costs nothing, and starting and stopping it as connections come and go
+  // would cost timer operations on every upgrade. A connection still waiting for its last
+  // pong is cut off; a connection that joined since the last beat gets its first ping.
+  #startHeartbeat (): void {
+    this.#heartbeat = setInterval(() => {
+      for (const connection of this.#connections) connection.heartbeat()
+    }, this.#heartbeatIntervalMs)
+    this.#heartbeat.unref()
+  }
+
+  #stopTimers (): void {
+    this.#stopExpiryWatch()
+    clearInterval(this.#heartbeat)
+    this.#heartbeat = undefined
+  }
+
   /** Sends `type` to every subscriber of `topic` here; returns how many got it. */
   publish (topic: string, type: string, body: unknown): number {
     const subscribers = this.#byTopic.get(topic)
@@ -125,7 +147,7 @@ export class Registry {
    */
   async closeAll (kind: CloseKind, timeoutMs: number): Promise<void> {
     this.closing = true
-    if (this.#connections.size === 0) return this.#stopExpiryWatch()
+    if (this.#connections.size === 0) return this.#stopTimers()
     const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
     for (const connection of this.#connections) connection.closeFor(kind)
     const timer = setTimeout(() => {
@@ -134,7 +156,7 @@ export class Registry {
     await ended
     clearTimeout(timer)
     this.#onEmpty = undefined
-    this.#stopExpiryWatch()
+    this.#stopTimers()
   }
 
   stats (): SecureWsStats {

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto'
+import net from 'node:net'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Type } from '@sinclair/typebox'
@@ -101,7 +103,8 @@ export class Client {
   readonly #frames: unknown[] = []
   readonly #waiters: Array<{ resolve: (frame: unknown) => void, reject: (err: Error) => void }> = []
 
-  constructor (url: string, options: { origin?: string | null, token?: string, via?: 'query' | 'protocol', protocols?: string[] } = {}) {
+  /** `autoPong: false` makes a client that never answers the server's pings. */
+  constructor (url: string, options: { origin?: string | null, token?: string, via?: 'query' | 'protocol', protocols?: string[], autoPong?: boolean } = {}) {
     const origin = options.origin === undefined ? ORIGIN : options.origin
     const via = options.via ?? 'query'
     let target = url
@@ -110,7 +113,7 @@ export class Client {
       if (via === 'query') target += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(options.token)
       else protocols = ['bearer', options.token]
     }
-    this.ws = new WebSocket(target, protocols, origin === null ? {} : { origin })
+    this.ws = new WebSocket(target, protocols, { ...(origin === null ? {} : { origin }), autoPong: options.autoPong ?? true })
     this.ws.on('message', (data, isBinary) => {
       const frame = isBinary ? data : JSON.parse(data.toString())
       const waiter = this.#waiters.shift()
@@ -208,6 +211,9 @@ export interface LogLine {
   userId?: string
   ip?: string
   req?: { url?: string }
+  close?: string
+  code?: number
+  connectionId?: string
 }
 
 export const parseLogs = (logs: string[]): LogLine[] => logs.map((line) => JSON.parse(line) as LogLine)
@@ -231,4 +237,43 @@ export async function eventually<T> (predicate: () => T, ms = 2000): Promise<T> 
     value = predicate()
   }
   return value
+}
+
+/** Sends a WebSocket upgrade request over a raw TCP socket, so a test controls exactly how it behaves after. */
+export function rawUpgrade (t: { teardown: (fn: () => unknown) => void }, app: FastifyInstance, path: string, token: string): net.Socket {
+  const { port } = app.server.address() as { port: number }
+  const socket = net.connect({ port, host: '127.0.0.1' })
+  t.teardown(() => { socket.destroy() })
+  socket.on('error', () => {})
+  socket.write([
+    `GET ${path}?token=${encodeURIComponent(token)} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    'Upgrade: websocket',
+    'Connection: Upgrade',
+    `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+    'Sec-WebSocket-Version: 13',
+    `Origin: ${ORIGIN}`,
+    '', ''
+  ].join('\r\n'))
+  return socket
+}
+
+/** A peer that completed the handshake and then answers nothing, not even a close frame. */
+export interface SilentPeer {
+  /** Resolves once the server has ended the TCP connection. */
+  readonly closed: Promise<void>
+  /** What the server sent after its 101 response: its frames, unmasked. */
+  frames: () => Buffer
+}
+
+/** Opens a SilentPeer over a raw TCP socket; resolves once the server counts its connection. */
+export async function silentPeer (t: { teardown: (fn: () => unknown) => void }, app: FastifyInstance, path: string, token: string): Promise<SilentPeer> {
+  const socket = rawUpgrade(t, app, path, token)
+  let received = Buffer.alloc(0)
+  socket.on('data', (chunk: Buffer) => { received = Buffer.concat([received, chunk]) })
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  // The server counts the connection as it writes the 101; the client reads it a moment later.
+  await eventually(() => received.includes('\r\n\r\n') && app.secureWs.stats().connections > 0)
+  if (!/^HTTP\/1\.1 101 /.test(received.toString('latin1'))) throw new Error(`the handshake did not complete: ${JSON.stringify(received.toString('latin1').slice(0, 40))}`)
+  return { closed, frames: () => received.subarray(received.indexOf('\r\n\r\n') + 4) }
 }

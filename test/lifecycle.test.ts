@@ -1,9 +1,7 @@
-import { randomBytes } from 'node:crypto'
-import net from 'node:net'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { memoryStore, type SecureWsOptions, type SecureWsStore, type SecureWsUser } from '../lib/index.js'
-import { Client, ORIGIN, build, connect, eventually, sign, within } from './helpers.js'
+import { Client, build, connect, eventually, rawUpgrade, sign, silentPeer, within } from './helpers.js'
 
 const SHUTTING_DOWN = { code: 1001, reason: 'Server shutting down' }
 const DISCONNECTED = { code: 4403, reason: 'Disconnected by the server' }
@@ -30,24 +28,6 @@ async function expectIdle (t: Test, app: FastifyInstance, message = 'nothing is 
   )
 }
 
-/** Sends a WebSocket upgrade request over a raw TCP socket, so a test controls exactly how it behaves after. */
-function rawUpgrade (t: Test, app: FastifyInstance, path: string, token: string): net.Socket {
-  const { port } = app.server.address() as { port: number }
-  const socket = net.connect({ port, host: '127.0.0.1' })
-  t.teardown(() => { socket.destroy() })
-  socket.on('error', () => {})
-  socket.write([
-    `GET ${path}?token=${encodeURIComponent(token)} HTTP/1.1`,
-    `Host: 127.0.0.1:${port}`,
-    'Upgrade: websocket',
-    'Connection: Upgrade',
-    `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
-    'Sec-WebSocket-Version: 13',
-    `Origin: ${ORIGIN}`,
-    '', ''
-  ].join('\r\n'))
-  return socket
-}
 
 function activeTimeouts (): number {
   return process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
@@ -366,23 +346,16 @@ t.test('fastify.close() sends every open client 1001 and resolves', async (t) =>
 
 t.test('fastify.close() resolves when a client never answers the close frame', async (t) => {
   const { app } = await build(t, { options: { shutdownTimeoutMs: 300 } })
-  // A raw TCP client that completes the handshake, reads what it is sent and never answers.
-  const socket = rawUpgrade(t, app, '/ws/alice-1', sign('alice'))
-  let received = Buffer.alloc(0)
-  socket.on('data', (chunk) => { received = Buffer.concat([received, chunk]) })
-  const socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
-  // The server counts the connection as it writes the 101; the client reads it a moment later.
-  await eventually(() => received.includes('\r\n\r\n') && app.secureWs.stats().connections === 1)
-  t.match(received.toString('latin1'), /^HTTP\/1\.1 101 /, 'the handshake completed')
+  const peer = await silentPeer(t, app, '/ws/alice-1', sign('alice'))
   t.equal(app.secureWs.stats().connections, 1)
 
   await within(app.close(), 5000, 'fastify.close()')
   t.pass('fastify.close() resolved')
-  await within(socketClosed, 2000, 'server cut the silent client off')
+  await within(peer.closed, 2000, 'server cut the silent client off')
   t.pass('the silent client was disconnected')
 
   // What arrived after the handshake is one unmasked close frame: 1001, 'Server shutting down'.
-  const frame = received.subarray(received.indexOf('\r\n\r\n') + 4)
+  const frame = peer.frames()
   t.equal(frame[0], 0x88, 'a final close frame')
   t.equal(frame[1], 2 + Buffer.byteLength(SHUTTING_DOWN.reason))
   t.equal(frame.readUInt16BE(2), SHUTTING_DOWN.code)

@@ -79,6 +79,11 @@ const BAD: BadCase[] = [
   { name: 'rejectWith "x"', options: { ...VALID, rejectWith: 'x' }, message: 'rejectWith must be "close" or "http"' },
   { name: 'allowMissingOrigin not a boolean', options: { ...VALID, allowMissingOrigin: 'yes' }, message: 'allowMissingOrigin must be a boolean' },
   { name: 'shutdownTimeoutMs zero', options: { ...VALID, shutdownTimeoutMs: 0 }, message: 'shutdownTimeoutMs must be a positive integer' },
+  ...[-1, 1, 99, 150.5, 2 ** 31, '30000', Number.NaN, Number.POSITIVE_INFINITY, null].map((value) => ({
+    name: `heartbeatIntervalMs = ${JSON.stringify(value) ?? String(value)}`,
+    options: { ...VALID, heartbeatIntervalMs: value },
+    message: 'heartbeatIntervalMs must be 0 (off) or an integer from 100 to 2147483647'
+  })),
   { name: 'a store that is null', options: { ...VALID, store: null }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
   { name: 'a store that is a string', options: { ...VALID, store: 'redis' }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
   ...['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'].map((method) => ({
@@ -104,8 +109,12 @@ t.test('valid options register (the baseline every failure below differs from)',
     store: storeWithout(),
     closeReasons: { originNotAllowed: { code: 4403, reason: 'é'.repeat(61), status: 451 } },
     rejectWith: 'http',
-    shutdownTimeoutMs: 10
+    shutdownTimeoutMs: 10,
+    heartbeatIntervalMs: 0
   }), null)
+  for (const heartbeatIntervalMs of [100, 2 ** 31 - 1]) {
+    t.equal(await registrationError(t, { ...VALID, heartbeatIntervalMs }), null, `heartbeatIntervalMs ${heartbeatIntervalMs}`)
+  }
 })
 
 for (const bad of BAD) {

@@ -1,0 +1,87 @@
+import t from 'tap'
+import { build, closeOf, connect, eventually, parseLogs, sign, silentPeer, within } from './helpers.js'
+
+const NO_PONG = { code: 4408, reason: 'No answer to ping' }
+const BEAT_MS = 150
+
+const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+t.test('a client that never answers pings is closed with 4408 and cut off, and its slot is free again', async (t) => {
+  const { app, url, logs } = await build(t, { options: { heartbeatIntervalMs: BEAT_MS, limits: { connectionsPerUser: 1 } } })
+  const silent = await connect(url('/ws/alice-1'), { token: sign('alice'), autoPong: false })
+  let pings = 0
+  silent.ws.on('ping', () => { pings++ })
+  silent.send({ type: 'ping' })
+  t.same(await silent.next(), { type: 'pong' }, 'admitted')
+
+  t.same(await closeOf(silent, 20 * BEAT_MS), NO_PONG)
+  t.equal(pings, 1, 'one ping went unanswered before the close')
+  await eventually(() => app.secureWs.stats().connections === 0)
+  t.same(app.secureWs.stats().store.slots, {}, 'the slot is released')
+
+  const again = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  again.send({ type: 'ping' })
+  t.same(await again.next(), { type: 'pong' }, 'the user, at its limit of one, connects again')
+  await again.close()
+
+  const lines = parseLogs(logs).filter((line) => line.close === 'heartbeatTimeout')
+  t.equal(lines.length, 1, 'logged once')
+  t.equal(lines[0]?.userId, 'alice')
+  t.equal(lines[0]?.code, 4408)
+  t.match(lines[0]?.connectionId, /^c/)
+})
+
+t.test('a peer that answers nothing at all, not even the close, is cut off without waiting for it', async (t) => {
+  const { app } = await build(t, { options: { heartbeatIntervalMs: BEAT_MS, limits: { connectionsPerUser: 1 } } })
+  // What a vanished peer looks like, except that its TCP stack is still there to observe.
+  const peer = await silentPeer(t, app, '/ws/alice-1', sign('alice'))
+  t.equal(app.secureWs.stats().connections, 1)
+
+  // ws would wait 30 s for the answer to its close frame; the slot must not.
+  await within(peer.closed, 20 * BEAT_MS, 'the server ending the silent peer')
+  await eventually(() => app.secureWs.stats().connections === 0)
+  t.same(app.secureWs.stats().store.slots, {}, 'the slot is released')
+
+  // After the handshake: one ping (0x89, empty), then the close frame 4408.
+  const frames = peer.frames()
+  t.same([...frames.subarray(0, 2)], [0x89, 0], 'an empty ping')
+  const close = frames.subarray(2)
+  t.equal(close[0], 0x88, 'then a close frame')
+  t.equal(close.readUInt16BE(2), NO_PONG.code)
+  t.equal(close.subarray(4, 2 + close[1]!).toString(), NO_PONG.reason)
+})
+
+t.test('a client that answers pings stays open through many beats', async (t) => {
+  const { url } = await build(t, { options: { heartbeatIntervalMs: BEAT_MS } })
+  const client = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  let pings = 0
+  client.ws.on('ping', () => { pings++ })
+  await within(eventually(() => pings >= 5, 20 * BEAT_MS), 25 * BEAT_MS, 'five pings')
+  t.ok(pings >= 5, `${pings} pings answered`)
+  t.equal(client.ws.readyState, client.ws.OPEN, 'still open')
+  client.send({ type: 'ping' })
+  t.same(await client.next(), { type: 'pong' }, 'and still served')
+  await client.close()
+})
+
+t.test('only the silent one of a user\'s connections is cut off', async (t) => {
+  const { app, url } = await build(t, { options: { heartbeatIntervalMs: BEAT_MS } })
+  const answering = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  const silent = await connect(url('/ws/alice-1'), { token: sign('alice'), autoPong: false })
+  t.same(await closeOf(silent, 20 * BEAT_MS), NO_PONG)
+  await delay(3 * BEAT_MS)
+  t.equal(answering.ws.readyState, answering.ws.OPEN)
+  t.same(app.secureWs.stats().users, { alice: 1 })
+  await answering.close()
+})
+
+t.test('heartbeatIntervalMs: 0 sends no pings', async (t) => {
+  const { url } = await build(t, { options: { heartbeatIntervalMs: 0 } })
+  const silent = await connect(url('/ws/alice-1'), { token: sign('alice'), autoPong: false })
+  let pings = 0
+  silent.ws.on('ping', () => { pings++ })
+  await delay(1000)
+  t.equal(pings, 0)
+  t.equal(silent.ws.readyState, silent.ws.OPEN, 'a client that never answers stays open')
+  await silent.close()
+})

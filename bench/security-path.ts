@@ -75,7 +75,7 @@ const options = validateOptions({
   store
 })
 const route = compileRoute(routeDef, routeDef.url, options)
-const registry = new Registry(store)
+const registry = new Registry(store, 0)
 
 const securedSocket = new FakeSocket()
 // The connection attaches itself to the socket and the registry.

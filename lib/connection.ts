@@ -130,11 +130,12 @@ export class Connection implements SecureWsConnection {
   /**
    * One beat of the registry's heartbeat. A peer that has not answered the previous ping
    * vanished without closing (or ignores pings, which RFC 6455 does not allow) and is cut
-   * off: the close frame tells a peer that is still there why, and ending the socket at once
-   * frees the slot, where waiting for a vanished peer's answer to the close would not.
+   * off: the close frame goes out first, for a peer that is still reading, and the socket
+   * ends at once, which frees the slot, where waiting for a vanished peer's answer to the
+   * close would not. A socket already closing (the client sent its close) is left to ws.
    */
   heartbeat (): void {
-    if (this.#closing) return
+    if (this.#closing || this.#socket.readyState !== this.#socket.OPEN) return
     if (!this.#answered) {
       this.closeFor('heartbeatTimeout')
       this.#socket.terminate()

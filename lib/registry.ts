@@ -35,7 +35,7 @@ export class Registry {
   closing = false
 
   /** `heartbeatIntervalMs`: how often every connection is pinged; 0 for never. */
-  constructor (store: SecureWsStore, heartbeatIntervalMs = 0) {
+  constructor (store: SecureWsStore, heartbeatIntervalMs: number) {
     this.#store = store
     this.#heartbeatIntervalMs = heartbeatIntervalMs
   }
@@ -47,7 +47,9 @@ export class Registry {
       this.#expiring.add(connection)
       this.#watchExpiry()
     }
-    if (this.#heartbeat === undefined && this.#heartbeatIntervalMs > 0) this.#startHeartbeat()
+    // A connection admitted while the plugin closes is closed at once; it must not restart
+    // the heartbeat that closeAll has stopped.
+    if (this.#heartbeat === undefined && this.#heartbeatIntervalMs > 0 && !this.closing) this.#startHeartbeat()
   }
 
   remove (connection: Connection): void {
@@ -147,7 +149,10 @@ export class Registry {
    */
   async closeAll (kind: CloseKind, timeoutMs: number): Promise<void> {
     this.closing = true
-    if (this.#connections.size === 0) return this.#stopTimers()
+    if (this.#connections.size === 0) {
+      this.#stopTimers()
+      return
+    }
     const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
     for (const connection of this.#connections) connection.closeFor(kind)
     const timer = setTimeout(() => {

@@ -240,9 +240,9 @@ export async function eventually<T> (predicate: () => T, ms = 2000): Promise<T> 
 }
 
 /** Sends a WebSocket upgrade request over a raw TCP socket, so a test controls exactly how it behaves after. */
-export function rawUpgrade (t: { teardown: (fn: () => unknown) => void }, app: FastifyInstance, path: string, token: string): net.Socket {
+export function rawUpgrade (t: { teardown: (fn: () => unknown) => void }, app: FastifyInstance, path: string, token: string, allowHalfOpen = false): net.Socket {
   const { port } = app.server.address() as { port: number }
-  const socket = net.connect({ port, host: '127.0.0.1' })
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen })
   t.teardown(() => { socket.destroy() })
   socket.on('error', () => {})
   socket.write([
@@ -258,22 +258,27 @@ export function rawUpgrade (t: { teardown: (fn: () => unknown) => void }, app: F
   return socket
 }
 
-/** A peer that completed the handshake and then answers nothing, not even a close frame. */
+/** A peer that completed the handshake and then answers nothing: no frame, not even its side of the TCP close. */
 export interface SilentPeer {
-  /** Resolves once the server has ended the TCP connection. */
+  /** Resolves once the server has ended its side of the TCP connection. */
   readonly closed: Promise<void>
   /** What the server sent after its 101 response: its frames, unmasked. */
   frames: () => Buffer
+  /** Writes raw bytes (client frames must be masked). */
+  write: (bytes: Buffer) => void
 }
 
 /** Opens a SilentPeer over a raw TCP socket; resolves once the server counts its connection. */
 export async function silentPeer (t: { teardown: (fn: () => unknown) => void }, app: FastifyInstance, path: string, token: string): Promise<SilentPeer> {
-  const socket = rawUpgrade(t, app, path, token)
+  const socket = rawUpgrade(t, app, path, token, true)
   let received = Buffer.alloc(0)
   socket.on('data', (chunk: Buffer) => { received = Buffer.concat([received, chunk]) })
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  const closed = new Promise<void>((resolve) => {
+    socket.once('end', () => resolve())
+    socket.once('close', () => resolve())
+  })
   // The server counts the connection as it writes the 101; the client reads it a moment later.
   await eventually(() => received.includes('\r\n\r\n') && app.secureWs.stats().connections > 0)
   if (!/^HTTP\/1\.1 101 /.test(received.toString('latin1'))) throw new Error(`the handshake did not complete: ${JSON.stringify(received.toString('latin1').slice(0, 40))}`)
-  return { closed, frames: () => received.subarray(received.indexOf('\r\n\r\n') + 4) }
+  return { closed, frames: () => received.subarray(received.indexOf('\r\n\r\n') + 4), write: (bytes) => { socket.write(bytes) } }
 }

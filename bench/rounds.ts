@@ -47,7 +47,7 @@ export interface RoundPairedUpgrades {
   rate: number
   /** The second server's CPU per upgrade over the first's in the same round, one per round where both held the rate. */
   ratios: number[]
-  /** Rounds left out because either server's load fell behind the rate. */
+  /** Rounds left out because either server's load fell behind the rate (none when no round held it: then all count, as in the medians). */
   roundsLeftOut: number
   /** The median of `ratios`: what the per-upgrade target is judged on. */
   ratio: number | null
@@ -61,18 +61,14 @@ export interface RoundPairedUpgrades {
 export function roundPairedUpgrades (base: readonly RoundWithUpgrades[], other: readonly RoundWithUpgrades[], rate: number): RoundPairedUpgrades {
   // A rate listed twice counts its last window, as the medians do.
   const at = (round: RoundWithUpgrades | undefined): UpgradeWindow | undefined => round?.handshake?.fixed.filter((w) => w.rate === rate).pop()
-  const ratios: number[] = []
-  let roundsLeftOut = 0
+  const pairs: Array<{ held: boolean, ratio: number }> = []
   for (let r = 0; r < Math.min(base.length, other.length); r++) {
     const b = at(base[r])
     const o = at(other[r])
-    if (b === undefined || o === undefined) continue
-    if (!b.fixedRateHeld || !o.fixedRateHeld) {
-      roundsLeftOut++
-      continue
-    }
-    const value = ratio(o.cpuUsPerUpgrade, b.cpuUsPerUpgrade)
-    if (value !== null) ratios.push(value)
+    const value = ratio(o?.cpuUsPerUpgrade, b?.cpuUsPerUpgrade)
+    if (value !== null) pairs.push({ held: b!.fixedRateHeld && o!.fixedRateHeld, ratio: value })
   }
-  return { rate, ratios, roundsLeftOut, ratio: median(ratios) }
+  const counted = pairs.some((p) => p.held) ? pairs.filter((p) => p.held) : pairs
+  const ratios = counted.map((p) => p.ratio)
+  return { rate, ratios, roundsLeftOut: pairs.length - counted.length, ratio: median(ratios) }
 }

@@ -49,6 +49,12 @@ t.test('roundPairedUpgrades: rounds where the load fell behind are left out and 
   t.equal(paired.ratio, 1.2)
 })
 
+t.test('roundPairedUpgrades: when no round held the rate, every round counts, as in the medians', async (t) => {
+  const paired = roundPairedUpgrades([round(500, false), round(600)], [round(550), round(720, false)], 800)
+  t.same(paired.ratios.map((r) => Number(r.toFixed(6))), [1.1, 1.2])
+  t.equal(paired.roundsLeftOut, 0)
+})
+
 t.test('roundPairedUpgrades: no window at the rate, no ratio; a rate run twice counts its last window', async (t) => {
   t.equal(roundPairedUpgrades([round(500)], [round(600)], 250).ratio, null)
   t.equal(roundPairedUpgrades([{}], [round(600)], 800).ratio, null)

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { build, closeOf, connect, eventually, parseLogs, sign, silentPeer, within } from './helpers.js'
 
@@ -15,8 +16,6 @@ function maskedClose (code: number): Buffer {
   for (let i = 0; i < payload.length; i++) payload[i] = payload[i]! ^ mask[i % 4]!
   return Buffer.concat([Buffer.from([0x88, 0x80 | payload.length]), mask, payload])
 }
-
-const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 t.test('a client that never answers pings is closed with 4408 and cut off, and its slot is free again', async (t) => {
   const { app, url, logs } = await build(t, { options: { heartbeatIntervalMs: BEAT_MS, limits: { connectionsPerUser: 1 } } })

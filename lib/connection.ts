@@ -65,7 +65,8 @@ export class Connection implements SecureWsConnection {
     ;(socket as OwnedSocket)[kConnection] = this
     socket.on('message', Connection.#onMessage)
     socket.on('close', Connection.#onClose)
-    socket.on('pong', Connection.#onPong)
+    // A fourth event on the socket grows its listener table (~100 B per connection): only when pinged.
+    if (registry.heartbeats) socket.on('pong', Connection.#onPong)
     registry.add(this)
     const expiresAt = this.user.expiresAt
     if (expiresAt !== undefined && expiresAt <= Date.now()) this.closeFor('tokenExpired')

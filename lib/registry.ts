@@ -33,11 +33,14 @@ export class Registry {
   #heartbeat: NodeJS.Timeout | undefined
   #onEmpty: (() => void) | undefined
   closing = false
+  /** Whether connections are pinged, so that they listen for pongs only then. */
+  readonly heartbeats: boolean
 
   /** `heartbeatIntervalMs`: how often every connection is pinged; 0 for never. */
   constructor (store: SecureWsStore, heartbeatIntervalMs: number) {
     this.#store = store
     this.#heartbeatIntervalMs = heartbeatIntervalMs
+    this.heartbeats = heartbeatIntervalMs > 0
   }
 
   add (connection: Connection): void {
@@ -49,7 +52,7 @@ export class Registry {
     }
     // A connection admitted while the plugin closes is closed at once; it must not restart
     // the heartbeat that closeAll has stopped.
-    if (this.#heartbeat === undefined && this.#heartbeatIntervalMs > 0 && !this.closing) this.#startHeartbeat()
+    if (this.#heartbeat === undefined && this.heartbeats && !this.closing) this.#startHeartbeat()
   }
 
   remove (connection: Connection): void {

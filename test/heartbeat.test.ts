@@ -63,12 +63,13 @@ t.test('a peer that answers nothing at all, not even the close, is cut off witho
 })
 
 t.test('a client that answers pings stays open through many beats', async (t) => {
-  const { url } = await build(t, { options: { heartbeatIntervalMs: ANSWERED_BEAT_MS } })
+  const { app, url } = await build(t, { options: { heartbeatIntervalMs: ANSWERED_BEAT_MS } })
   const client = await connect(url('/ws/alice-1'), { token: sign('alice') })
   let pings = 0
   client.ws.on('ping', () => { pings++ })
   await within(eventually(() => pings >= 4, 10 * ANSWERED_BEAT_MS), 12 * ANSWERED_BEAT_MS, 'four pings')
   t.ok(pings >= 4, `${pings} pings answered`)
+  t.same([...app.websocketServer.clients].map((socket) => socket.listenerCount('pong')), [1], 'the server listens for pongs')
   t.equal(client.ws.readyState, client.ws.OPEN, 'still open')
   client.send({ type: 'ping' })
   t.same(await client.next(), { type: 'pong' }, 'and still served')
@@ -100,13 +101,14 @@ t.test('a client that has sent its close is left to finish it, not cut off as si
 
 // The default (30 s) cannot show in a short test; this shows that 0 is off rather than a
 // zero-length beat, which would cut a silent client off within milliseconds.
-t.test('heartbeatIntervalMs: 0 sends no pings', async (t) => {
-  const { url } = await build(t, { options: { heartbeatIntervalMs: 0 } })
+t.test('heartbeatIntervalMs: 0 sends no pings and listens for none', async (t) => {
+  const { app, url } = await build(t, { options: { heartbeatIntervalMs: 0 } })
   const silent = await connect(url('/ws/alice-1'), { token: sign('alice'), autoPong: false })
   let pings = 0
   silent.ws.on('ping', () => { pings++ })
   await delay(1000)
   t.equal(pings, 0)
+  t.same([...app.websocketServer.clients].map((socket) => socket.listenerCount('pong')), [0], 'no pong listener is added')
   t.equal(silent.ws.readyState, silent.ws.OPEN, 'a client that never answers stays open')
   await silent.close()
 })

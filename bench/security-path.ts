@@ -1,3 +1,4 @@
+import type { FastifyRequest } from 'fastify'
 /**
  * Figure 4: the security path in isolation, in-process, no network.
  *
@@ -75,7 +76,7 @@ const options = validateOptions({
   store
 })
 const route = compileRoute(routeDef, routeDef.url, options)
-const registry = new Registry(store, 0)
+const registry = new Registry(store, 0, 1000)
 
 const securedSocket = new FakeSocket()
 // The connection attaches itself to the socket and the registry.
@@ -86,6 +87,7 @@ new Connection(securedSocket as unknown as WebSocket, route, registry, {
   params: { sessionId: 'u1' },
   counter: store.holdCounter('u1', route.limits),
   log: silentLog,
+  request: { log: silentLog } as unknown as FastifyRequest,
   release: noop
 })
 

@@ -36,15 +36,16 @@ export function isThenable (value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | null)?.then === 'function'
 }
 
-function isUser (value: unknown): value is SecureWsUser {
+export function isUser (value: unknown): value is SecureWsUser {
   if (typeof value !== 'object' || value === null) return false
   const user = value as Partial<SecureWsUser>
   return typeof user.id === 'string' && user.id !== '' && Array.isArray(user.scopes) &&
-    (user.expiresAt === undefined || Number.isFinite(user.expiresAt))
+    (user.expiresAt === undefined || Number.isFinite(user.expiresAt)) &&
+    (user.issuedAt === undefined || Number.isFinite(user.issuedAt))
 }
 
 /** Runs `step` on a value that may be a promise, synchronously when it is not. */
-function then<T> (value: T | PromiseLike<T>, step: (value: T) => void, failed: (err: unknown) => void): void {
+export function then<T> (value: T | PromiseLike<T>, step: (value: T) => void, failed: (err: unknown) => void): void {
   if (isThenable(value)) value.then(step, failed)
   else step(value)
 }
@@ -61,7 +62,8 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
   const token = readToken(request)
   if (token === undefined) return done(refuse('invalidToken'))
 
-  const tokenFailed = (err: unknown): void => done(refuse('invalidToken', undefined, err))
+  // The verifier could not decide (an identity provider down): the client may try again later.
+  const tokenFailed = (err: unknown): void => done(refuse('authUnavailable', undefined, err))
   let verified: ReturnType<CompiledRoute['verifyToken']>
   try {
     verified = route.verifyToken(token, request)
@@ -73,9 +75,27 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
     if (!isUser(user)) {
       return done(refuse('internalError', undefined, new TypeError('verifyToken returned a user without a non-empty string id and a scopes array')))
     }
-    if (user.expiresAt !== undefined && user.expiresAt <= Date.now()) return done(refuse('invalidToken', user.id))
-    resolveSession(request, route, user, done)
+    if (user.expiresAt !== undefined && user.expiresAt + route.expiryGraceMs <= Date.now()) return done(refuse('invalidToken', user.id))
+    checkRevocation(route.store, user, () => resolveSession(request, route, user, done), (kind, err) => done(refuse(kind, user.id, err)))
   }, tokenFailed)
+}
+
+/**
+ * Continues with `next` unless `user`'s credential was revoked (logout everywhere): issued at
+ * or before the user's latest revocation, or with no issue time while one is in force.
+ * Shared by admission and by refresh on an open connection.
+ */
+export function checkRevocation (store: CompiledRoute['store'], user: SecureWsUser, next: () => void, refused: (kind: 'invalidToken' | 'storeUnavailable', err?: unknown) => void): void {
+  let revoked: number | Promise<number>
+  try {
+    revoked = store.revokedBefore(user.id)
+  } catch (err) {
+    return refused('storeUnavailable', err)
+  }
+  then(revoked, (before) => {
+    if (before > 0 && (user.issuedAt === undefined || user.issuedAt <= before)) return refused('invalidToken')
+    next()
+  }, (err) => refused('storeUnavailable', err))
 }
 
 function resolveSession (request: FastifyRequest, route: CompiledRoute, user: SecureWsUser, done: (admission: Admission) => void): void {

@@ -10,16 +10,29 @@ export const DEFAULT_CLOSE_REASONS = {
   accessDenied: { code: 1008, reason: 'Access denied', status: 403 },
   tooManyConnections: { code: 1008, reason: 'Too many connections', status: 429 },
   storeUnavailable: { code: 1013, reason: 'Try again later', status: 503 },
+  authUnavailable: { code: 1013, reason: 'Try again later', status: 503 },
+  serverFull: { code: 1013, reason: 'Try again later', status: 503 },
+  tooManyAuthFailures: { code: 1008, reason: 'Too many failed authentications', status: 429 },
+  tooManyPendingUpgrades: { code: 1013, reason: 'Try again later', status: 429 },
   internalError: { code: 1011, reason: 'Internal server error', status: 500 },
   rateLimited: { code: 1008, reason: 'Rate limit exceeded', status: 429 },
   messageTooBig: { code: 1009, reason: 'Message too big', status: 413 },
   tokenExpired: { code: 4401, reason: 'Invalid or expired authentication token', status: 401 },
   disconnected: { code: 4403, reason: 'Disconnected by the server', status: 403 },
+  loggedOut: { code: 4403, reason: 'Logged out', status: 403 },
+  slowConsumer: { code: 1013, reason: 'Slow consumer', status: 503 },
   heartbeatTimeout: { code: 4408, reason: 'No answer to ping', status: 408 },
   shuttingDown: { code: 1001, reason: 'Server shutting down', status: 503 }
 } as const
 
 export type CloseKind = keyof typeof DEFAULT_CLOSE_REASONS
+
+/**
+ * Refusals answered with their HTTP status before the upgrade, whatever `rejectWith` says:
+ * they guard the server against one address, and completing an upgrade only to close it
+ * would cost the very resources they protect.
+ */
+export const HTTP_ONLY_REFUSALS: ReadonlySet<CloseKind> = new Set<CloseKind>(['tooManyAuthFailures', 'tooManyPendingUpgrades'])
 
 export interface CloseReason {
   /** WebSocket close code: 1000-1014 except 1004-1006, or 3000-4999. */

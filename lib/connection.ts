@@ -1,7 +1,7 @@
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
-import { isThenable } from './admission.js'
-import type { CloseKind } from './close-codes.js'
+import { checkRevocation, isThenable, isUser, then } from './admission.js'
+import { isSendableCloseCode, isSendableCloseReason, type CloseKind } from './close-codes.js'
 import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope, type CompiledMessage, type SecureWsConnection, type SessionBase } from './messages.js'
 import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
@@ -21,6 +21,8 @@ export interface ConnectionInit {
   /** The user's message counter, held for this connection; released when it ends. */
   counter: MessageCounter
   log: FastifyBaseLogger
+  /** The upgrade request, handed to `verifyToken` again at a refresh. */
+  request: FastifyRequest
   release: () => void
 }
 
@@ -37,7 +39,8 @@ export class Connection implements SecureWsConnection {
   readonly #counter: MessageCounter
   readonly #socket: WebSocket
   readonly id: string
-  readonly user: SecureWsUser
+  /** Replaced by a refresh; the same user id for the connection's whole life. */
+  user: SecureWsUser
   readonly session: SessionBase
   readonly params: Readonly<Record<string, string>>
   readonly log: FastifyBaseLogger
@@ -48,6 +51,8 @@ export class Connection implements SecureWsConnection {
   #ended = false
   /** Whether the peer has answered the last ping (see heartbeat). */
   #answered = true
+  // @fastify/websocket's error listener holds the request for the connection's life anyway.
+  readonly #request: FastifyRequest
 
   constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {
     this.id = init.id
@@ -60,16 +65,49 @@ export class Connection implements SecureWsConnection {
     this.#registry = registry
     this.#counter = init.counter
     this.#release = init.release
+    this.#request = init.request
     // Listeners attach in the same tick as the upgrade, so a message sent right after
     // `open` is never missed. `#end` acts once, so a plain `on` does (and costs less).
     ;(socket as OwnedSocket)[kConnection] = this
     socket.on('message', Connection.#onMessage)
     socket.on('close', Connection.#onClose)
+    socket.on('ping', Connection.#onPing)
     // A fourth event on the socket grows its listener table (~100 B per connection): only when pinged.
     if (registry.heartbeats) socket.on('pong', Connection.#onPong)
     registry.add(this)
     const expiresAt = this.user.expiresAt
-    if (expiresAt !== undefined && expiresAt <= Date.now()) this.closeFor('tokenExpired')
+    if (expiresAt !== undefined && expiresAt + route.expiryGraceMs <= Date.now()) this.closeFor('tokenExpired')
+  }
+
+  refresh (token: string): Promise<SecureWsUser | null> {
+    return new Promise((resolve) => {
+      if (this.#closing) return resolve(null)
+      const failed = (kind: CloseKind, err?: unknown): void => {
+        if (err !== undefined) this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'token refresh could not be checked')
+        this.closeFor(kind)
+        resolve(null)
+      }
+      let verified: ReturnType<CompiledRoute['verifyToken']>
+      try {
+        verified = this.route.verifyToken(token, this.#request)
+      } catch (err) {
+        return failed('authUnavailable', err)
+      }
+      then(verified, (user) => {
+        if (this.#closing) return resolve(null)
+        if (user === null || user === undefined) return failed('tokenExpired')
+        if (!isUser(user)) return failed('internalError', new TypeError('verifyToken returned a user without a non-empty string id and a scopes array'))
+        // A connection belongs to one user for its whole life: its session was checked for them.
+        if (user.id !== this.user.id) return failed('tokenExpired')
+        if (user.expiresAt !== undefined && user.expiresAt + this.route.expiryGraceMs <= Date.now()) return failed('tokenExpired')
+        checkRevocation(this.route.store, user, () => {
+          if (this.#closing) return resolve(null)
+          this.user = user
+          this.#registry.refreshed(this)
+          resolve(user)
+        }, (kind, err) => failed(kind === 'invalidToken' ? 'tokenExpired' : kind, err))
+      }, (err) => failed('authUnavailable', err))
+    })
   }
 
   send (type: string, body: unknown): boolean {
@@ -82,9 +120,19 @@ export class Connection implements SecureWsConnection {
     return this.sendRaw(this.route.serializers.get('error')!({ message }))
   }
 
-  /** Sends an already serialised frame; false when the socket is no longer open. */
+  /**
+   * Sends an already serialised frame; false when the socket is no longer open. A client
+   * that would then have more than `maxBufferedBytes` waiting for it has stopped reading:
+   * it is cut off rather than queued for, so its memory is freed and stays bounded.
+   */
   sendRaw (json: string): boolean {
     if (this.#closing || this.#socket.readyState !== this.#socket.OPEN) return false
+    if (this.#socket.bufferedAmount + json.length > this.route.limits.maxBufferedBytes) {
+      this.closeFor('slowConsumer')
+      // Its close frame would wait behind what it does not read; ending the socket frees that.
+      this.#socket.terminate()
+      return false
+    }
     this.#socket.send(json)
     return true
   }
@@ -101,16 +149,22 @@ export class Connection implements SecureWsConnection {
     return this.topics?.has(topic) === true
   }
 
+  /**
+   * Closes the connection: nothing it sends is processed any more, its slot is free at once,
+   * and its socket is ended within `refusalGraceMs` whether or not the client answers.
+   */
   close (code = 1000, reason = ''): void {
     if (this.#closing) return
     this.#closing = true
-    try {
-      this.#socket.close(code, reason)
-    } catch (err) {
-      // ws throws for codes it may not send or reasons over 123 bytes; the app's bug must not keep the socket open.
-      this.log.error({ err, connectionId: this.id, userId: this.user.id }, 'invalid close code or reason; closing with 1011')
-      this.#socket.close(this.route.closeReasons.internalError.code, this.route.closeReasons.internalError.reason)
+    this.#release()
+    if (!isSendableCloseCode(code) || !isSendableCloseReason(reason)) {
+      // ws would throw for these; the app's bug must not keep the socket open.
+      this.log.error({ code, connectionId: this.id, userId: this.user.id }, 'invalid close code or reason; closing with 1011')
+      const { code: internal, reason: internalReason } = this.route.closeReasons.internalError
+      this.#registry.hangUp(this.#socket, internal, internalReason)
+      return
     }
+    this.#registry.hangUp(this.#socket, code, reason)
   }
 
   /** Closes for `kind` with its configured code and reason, or the ones given; logs once why. */
@@ -135,7 +189,7 @@ export class Connection implements SecureWsConnection {
    * ends at once, which frees the slot, where waiting for a vanished peer's answer to the
    * close would not. A socket already closing (the client sent its close) is left to ws.
    */
-  heartbeat (): void {
+  heartbeat (nonce: Buffer): void {
     if (this.#closing || this.#socket.readyState !== this.#socket.OPEN) return
     if (!this.#answered) {
       this.closeFor('heartbeatTimeout')
@@ -143,7 +197,7 @@ export class Connection implements SecureWsConnection {
       return
     }
     this.#answered = false
-    this.#socket.ping()
+    this.#socket.ping(nonce)
   }
 
   // Shared by every connection and called with the socket as `this`: a listener per
@@ -156,14 +210,19 @@ export class Connection implements SecureWsConnection {
     (this as OwnedSocket)[kConnection].#end()
   }
 
-  static readonly #onPong = function (this: WebSocket): void {
-    (this as OwnedSocket)[kConnection].#answered = true
+  static readonly #onPong = function (this: WebSocket, data: Buffer): void {
+    const connection = (this as OwnedSocket)[kConnection]
+    if (data.equals(connection.#registry.beatNonce)) connection.#answered = true
   }
 
-  #receive (data: RawData, isBinary: boolean): void {
-    if (this.#closing) return
-    const route = this.route
-    // Every frame counts, valid or not, before anything else is done with it.
+  // ws answers pings itself; they count against the message limits like any other frame.
+  static readonly #onPing = function (this: WebSocket): void {
+    (this as OwnedSocket)[kConnection].#count()
+  }
+
+  /** Counts one inbound frame; false, with the connection closed, when it is over a limit. */
+  #count (): boolean {
+    if (this.#closing) return false
     let counted: boolean
     try {
       counted = this.#counter.consume()
@@ -171,13 +230,19 @@ export class Connection implements SecureWsConnection {
       // Only a custom store can throw here; a frame it could not count is not let through.
       this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'store failed to count a message')
       this.closeFor('internalError')
-      return
+      return false
     }
     if (!counted) {
       this.sendError(ERROR_MESSAGES.rateLimited)
       this.closeFor('rateLimited')
-      return
     }
+    return counted
+  }
+
+  #receive (data: RawData, isBinary: boolean): void {
+    // Every frame counts, valid or not, before anything else is done with it.
+    if (!this.#count()) return
+    const route = this.route
     const frame = data as Buffer
     if (frame.length > route.limits.maxPayloadBytes) {
       this.closeFor('messageTooBig')
@@ -254,6 +319,7 @@ export class Connection implements SecureWsConnection {
     this.#ended = true
     this.#closing = true
     this.#socket.removeListener('message', Connection.#onMessage)
+    this.#socket.removeListener('ping', Connection.#onPing)
     this.#registry.remove(this)
     this.#release()
     try {
@@ -263,10 +329,14 @@ export class Connection implements SecureWsConnection {
       this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'store failed to release a message counter')
     }
     if (this.route.onClose !== undefined) {
-      try {
-        this.route.onClose(this)
-      } catch (err) {
+      const failed = (err: unknown): void => {
         this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'websocket onClose hook failed')
+      }
+      try {
+        const result = this.route.onClose(this)
+        if (isThenable(result)) result.then(undefined, failed)
+      } catch (err) {
+        failed(err)
       }
     }
   }

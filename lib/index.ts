@@ -1,5 +1,6 @@
 /// <reference types="@fastify/websocket" preserve="true" />
 import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
@@ -10,6 +11,7 @@ import { validateOptions, type Limits, type SecureWsOptions } from './options.js
 import { Registry, type SecureWsStats } from './registry.js'
 import { declareRoute, kSecuredUpgrade } from './route.js'
 import { BEARER_PROTOCOL, takeQueryToken } from './token.js'
+import { UpgradeGuard } from './upgrade-guard.js'
 
 // ws's own default when the app registered @fastify/websocket without a maxPayload.
 const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
@@ -30,9 +32,27 @@ export interface SecureWsApi {
    * `StoreUnavailableError` when the other instances could not be told.
    */
   disconnectUser (userId: string, code?: number, reason?: string): Promise<number>
+  /**
+   * Logs `userId` out everywhere: closes their connections on every instance sharing the
+   * store with 4403 `Logged out`, and refuses (4401, at connect and at refresh) every
+   * credential of theirs issued at or before `issuedBefore` (default: now), or without an
+   * issue time, for `ttlMs` (default 24 h: make it at least your longest token lifetime).
+   * Resolves with how many connections closed here. Rejects with `StoreUnavailableError`
+   * when the store could not record the revocation (connections here are closed anyway).
+   */
+  revokeUser (userId: string, options?: RevokeOptions): Promise<number>
   /** Open connections, slots and timers, for monitoring and leak tests. */
   stats (): SecureWsStats
 }
+
+export interface RevokeOptions {
+  /** Credentials issued at or before this time (ms since the epoch) are revoked. @default Date.now() */
+  issuedBefore?: number
+  /** How long the revocation holds, in ms. @default 86400000 (24 h) */
+  ttlMs?: number
+}
+
+const DEFAULT_REVOCATION_TTL_MS = 24 * 60 * 60 * 1000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -45,29 +65,53 @@ function validateCloseFrame (code: number, reason: string | undefined): void {
   if (reason !== undefined && !isSendableCloseReason(reason)) throw new InvalidOptionError(`disconnectUser: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes`)
 }
 
+function validateRevocation (userId: unknown, options: unknown): void {
+  if (typeof userId !== 'string' || userId === '') throw new InvalidOptionError('revokeUser: userId must be a non-empty string')
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('revokeUser: options must be an object')
+  const { issuedBefore, ttlMs } = options as RevokeOptions
+  if (issuedBefore !== undefined && !Number.isFinite(issuedBefore)) throw new InvalidOptionError('revokeUser: issuedBefore must be a time in ms since the epoch')
+  if (ttlMs !== undefined && !(Number.isSafeInteger(ttlMs) && ttlMs > 0)) throw new InvalidOptionError('revokeUser: ttlMs must be a positive integer')
+}
+
 const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {
   const options = validateOptions(rawOptions)
-  const registry = new Registry(options.store, options.heartbeatIntervalMs)
+  const registry = new Registry(options.store, options.heartbeatIntervalMs, options.refusalGraceMs)
   const store = options.store
+  const guard = new UpgradeGuard(options.serverLimits, store, () => registry.size)
   store.init?.({
     log: fastify.log,
     deliver (event) {
       if (event.kind === 'publish') registry.publish(event.topic, event.type, event.body)
+      else if (event.kind === 'revoke') registry.revokeUser(event.userId, event.issuedBefore)
       else registry.disconnectUser(event.userId, 'disconnected', event.code, event.reason)
     }
   })
   let largestPayload = options.limits.maxPayloadBytes
 
   // Fastify logs each request's URL before any hook runs, so `?token=` must be cut out
-  // before the upgrade even reaches Fastify's router.
-  fastify.server.prependListener('upgrade', takeQueryToken)
+  // before the upgrade even reaches Fastify's router. Once the plugin is closing, this
+  // listener answers every upgrade itself: Fastify's own 503 for a closing server never
+  // ends an upgrade's socket, and @fastify/websocket stops listening before the server closes.
+  function onUpgrade (request: IncomingMessage, socket: Duplex): void {
+    takeQueryToken(request)
+    if (registry.closing) refuseLateUpgrade(socket)
+  }
+  fastify.server.prependListener('upgrade', onUpgrade)
 
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than 1005.
   fastify.addHook('preClose', async () => {
+    const deadline = Date.now() + options.shutdownTimeoutMs
     await registry.closeAll('shuttingDown', options.shutdownTimeoutMs)
+    // Fastify closes the HTTP server next and waits for every connection on it: one that sent
+    // half its headers, or nothing, would hold close() until Node's headersTimeout (a minute).
+    // Whatever is left when the shutdown time is up is cut off.
+    const server = fastify.server
+    const cutOff = setTimeout(() => { server.closeAllConnections() }, Math.max(0, deadline - Date.now()))
+    cutOff.unref()
+    server.once('close', () => { clearTimeout(cutOff) })
   })
   fastify.addHook('onClose', async () => {
-    fastify.server.removeListener('upgrade', takeQueryToken)
+    fastify.server.removeListener('upgrade', onUpgrade)
     await store.close()
   })
 
@@ -102,6 +146,7 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   const context = {
     options,
     registry,
+    guard,
     onDeclared (limits: Readonly<Limits>) {
       // ws holds one maxPayload for all routes; it must admit the largest route limit.
       if (limits.maxPayloadBytes > largestPayload) {
@@ -130,6 +175,14 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
           await store.broadcast?.({ kind: 'disconnect', userId, code, reason })
           return closed
         },
+        async revokeUser (userId, revokeOptions = {}) {
+          validateRevocation(userId, revokeOptions)
+          const issuedBefore = revokeOptions.issuedBefore ?? Date.now()
+          const closed = registry.revokeUser(userId, issuedBefore)
+          await store.revokeUser(userId, issuedBefore, revokeOptions.ttlMs ?? DEFAULT_REVOCATION_TTL_MS)
+          await store.broadcast?.({ kind: 'revoke', userId, issuedBefore })
+          return closed
+        },
         stats () {
           return registry.stats()
         }
@@ -144,6 +197,16 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
       return apiFor(this)
     }
   })
+}
+
+const LATE_UPGRADE_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
+
+/** Answers an upgrade that arrives while the plugin closes, and ends its socket. */
+function refuseLateUpgrade (socket: Duplex): void {
+  if (socket.destroyed) return
+  socket.end(LATE_UPGRADE_RESPONSE)
+  // A client that never reads must not hold the socket open after the answer.
+  setTimeout(() => { socket.destroy() }, 1000).unref()
 }
 
 const plugin = fp(secureWs, { fastify: '5.x', name: 'fastify-secure-ws' })

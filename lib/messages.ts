@@ -47,6 +47,14 @@ export interface SecureWsConnection<S extends SessionBase = SessionBase, O exten
   isSubscribed (topic: string): boolean
   /** Closes the connection; code and reason default to 1000 and an empty reason. */
   close (code?: number, reason?: string): void
+  /**
+   * Replaces the connection's credential with `token` without reconnecting. The token goes
+   * through every check of a connect-time token (`verifyToken` or `jwt`), must name the same
+   * user and must not be revoked; then `user` (expiry, scopes) is the new token's, and the
+   * promise resolves with it. A token that fails closes the connection with 4401 (a verifier
+   * that throws: 1013) and resolves null. Never rejects.
+   */
+  refresh (token: string): Promise<SecureWsUser | null>
 }
 
 /** The payload type a schema describes; `undefined` for a message declared without one. */
@@ -105,10 +113,13 @@ export interface SecureWsRouteOptions<S extends SessionBase, O extends OutboundS
   outbound?: O
   /** Limits for this route; when connection or message limits differ, the route counts them on its own. */
   limits?: Partial<Limits>
-  /** Called once an admitted connection is ready, before its first message. */
-  onConnect?: (connection: SecureWsConnection<S, O>) => void
-  /** Called once when the connection ends, whatever ended it. */
-  onClose?: (connection: SecureWsConnection<S, O>) => void
+  /**
+   * Called once an admitted connection is ready, before its first message. Throwing or
+   * rejecting closes the connection with 1011 `Internal server error` and is logged.
+   */
+  onConnect?: (connection: SecureWsConnection<S, O>) => void | Promise<void>
+  /** Called once when the connection ends, whatever ended it. Throwing or rejecting is logged. */
+  onClose?: (connection: SecureWsConnection<S, O>) => void | Promise<void>
 }
 
 export interface CompiledMessage {

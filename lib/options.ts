@@ -13,11 +13,24 @@ export interface SecureWsUser {
   id: string
   /** Granted scopes, checked by a message handler's `scopes`. */
   scopes: readonly string[]
-  /** When the credential expires, in ms since the epoch: the connection closes with 4401 then. */
+  /**
+   * When the credential expires, in ms since the epoch: the connection closes with 4401 then
+   * (with the `jwt` option, `exp` plus its clock tolerance).
+   */
   expiresAt?: number
+  /**
+   * When the credential was issued, in ms since the epoch (`iat`). A revocation
+   * (`revokeUser`) refuses credentials issued at or before it; one without `issuedAt`
+   * counts as issued before every revocation.
+   */
+  issuedAt?: number
 }
 
-/** Resolves a token to its user, or null/undefined to refuse it (4401). */
+/**
+ * Resolves a token to its user, or null/undefined to refuse it (4401). Throwing or rejecting
+ * means the verifier could not decide (an identity provider that is down): the upgrade is
+ * refused with 1013 `Try again later`, logged once per outage.
+ */
 export type VerifyToken = (token: string, request: FastifyRequest) =>
   SecureWsUser | null | undefined | Promise<SecureWsUser | null | undefined>
 
@@ -31,17 +44,47 @@ export interface Limits {
   messagesPerMinute: number
   /** Largest inbound frame in bytes; a larger one closes the connection with 1009. @default 65536 */
   maxPayloadBytes: number
+  /**
+   * Outbound bytes that may wait for one client (one that stopped reading); past it the
+   * connection is closed with 1013 `Slow consumer` and its socket ended, and what was queued
+   * for it is freed. @default 1048576
+   */
+  maxBufferedBytes: number
+}
+
+/** Limits on the whole server and on client addresses; set in the plugin's `limits`, not per route. */
+export interface ServerLimits {
+  /**
+   * Upgrades from one client address refused with 4401 within a minute before that address
+   * is locked out: further upgrades from it get HTTP 429 with `Retry-After`, whatever their
+   * token, until the oldest of those failures is a minute old. The address is Fastify's
+   * `request.ip`, so Fastify's `trustProxy` decides what it is. `0` turns the lockout off.
+   * @default 30
+   */
+  authFailuresPerMinute: number
+  /** Upgrades from one address still being checked (token, session, slot) at once; more get HTTP 429. @default 64 */
+  pendingUpgradesPerIp: number
+  /** Open connections this process accepts, all routes and users together; more are refused with 1013. `0`: no cap. @default 0 */
+  maxConnections: number
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   connectionsPerUser: 5,
   messagesPerSecond: 10,
   messagesPerMinute: 100,
-  maxPayloadBytes: 64 * 1024
+  maxPayloadBytes: 64 * 1024,
+  maxBufferedBytes: 1024 * 1024
+})
+
+export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
+  authFailuresPerMinute: 30,
+  pendingUpgradesPerIp: 64,
+  maxConnections: 0
 })
 
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 3000
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
+export const DEFAULT_REFUSAL_GRACE_MS = 1000
 /** Shorter beats would turn the heartbeat into traffic of its own. */
 export const MIN_HEARTBEAT_INTERVAL_MS = 100
 // setInterval's own ceiling: a longer delay is silently taken as 1 ms.
@@ -59,8 +102,8 @@ export interface SecureWsOptions {
   verifyToken?: VerifyToken
   /** Verifies JWTs with fast-jwt; `sub` becomes the user id, `scope` the scopes. */
   jwt?: JwtOptions
-  /** Default limits for every route; a route may override them. */
-  limits?: Partial<Limits>
+  /** Default limits for every route (a route may override these), and the server-wide ones. */
+  limits?: Partial<Limits & ServerLimits>
   /** Where slots and message counts live. @default memoryStore() */
   store?: SecureWsStore
   /** Overrides for close codes, reasons and HTTP statuses, by refusal. */
@@ -81,24 +124,38 @@ export interface SecureWsOptions {
    * hours later. `0` turns the heartbeat off. @default 30000
    */
   heartbeatIntervalMs?: number
+  /**
+   * How long a socket the server refused or closed may take to answer the close frame, in ms.
+   * The server stops reading it at once (nothing a refused client sends is processed) and
+   * ends it after this grace whether or not the client answered: ws alone would hold it for
+   * 30 s. @default 1000
+   */
+  refusalGraceMs?: number
 }
 
 /** The options every other module reads: complete, validated, frozen. */
 export interface ResolvedOptions {
   readonly isOriginAllowed: (header: string | undefined) => boolean
   readonly verifyToken: VerifyToken
+  /** How long past `expiresAt` a credential is still honoured: the JWT clock tolerance, else 0. */
+  readonly expiryGraceMs: number
   readonly limits: Readonly<Limits>
+  readonly serverLimits: Readonly<ServerLimits>
   readonly store: SecureWsStore
   readonly closeReasons: CloseReasons
   readonly rejectWith: 'close' | 'http'
   readonly shutdownTimeoutMs: number
   /** 0 when the heartbeat is off. */
   readonly heartbeatIntervalMs: number
+  readonly refusalGraceMs: number
 }
 
-const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs'])
+const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs'])
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
-const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'] as const
+const SERVER_LIMIT_NAMES = Object.keys(DEFAULT_SERVER_LIMITS) as Array<keyof ServerLimits>
+// Server limits where 0 means off.
+const ZERO_TURNS_OFF: ReadonlySet<string> = new Set(['authFailuresPerMinute', 'maxConnections'])
+const STORE_METHODS = ['acquireSlot', 'releaseSlot', 'holdCounter', 'recordAuthFailure', 'lockedOutUntil', 'revokeUser', 'revokedBefore', 'stats', 'close'] as const
 
 function fail (message: string): never {
   throw new InvalidOptionError(message)
@@ -112,15 +169,33 @@ export function isPositiveInteger (value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value > 0
 }
 
-/** Validates a partial limits object; `where` names it in errors (`limits`, `route limits`). */
-export function validateLimits (value: unknown, where: string): Partial<Limits> {
+/**
+ * Validates a partial limits object; `where` names it in errors (`limits`, `<url>: limits`).
+ * A route takes only the per-route limits; the plugin's `limits` the server-wide ones too.
+ */
+export function validateLimits (value: unknown, where: string, serverWide = false): Partial<Limits & ServerLimits> {
   if (value === undefined) return {}
   if (!isPlainObject(value)) fail(`${where} must be an object`)
+  const known: string[] = serverWide ? [...LIMIT_NAMES, ...SERVER_LIMIT_NAMES] : LIMIT_NAMES
   for (const name of Object.keys(value)) {
-    if (!LIMIT_NAMES.includes(name as keyof Limits)) fail(`${where}.${name} is not a known limit (expected one of ${LIMIT_NAMES.join(', ')})`)
-    if (!isPositiveInteger(value[name])) fail(`${where}.${name} must be a positive integer`)
+    if (!known.includes(name)) {
+      if (SERVER_LIMIT_NAMES.includes(name as keyof ServerLimits)) fail(`${where}.${name} is server-wide: set it in the plugin's limits, not a route's`)
+      fail(`${where}.${name} is not a known limit (expected one of ${known.join(', ')})`)
+    }
+    const limit = value[name]
+    if (ZERO_TURNS_OFF.has(name)) {
+      if (limit !== 0 && !isPositiveInteger(limit)) fail(`${where}.${name} must be 0 (off) or a positive integer`)
+    } else if (!isPositiveInteger(limit)) {
+      fail(`${where}.${name} must be a positive integer`)
+    }
   }
-  return value as Partial<Limits>
+  return value as Partial<Limits & ServerLimits>
+}
+
+function pick<T extends object> (from: Partial<Record<string, unknown>>, defaults: Readonly<T>): Readonly<T> {
+  const picked: Record<string, unknown> = { ...defaults }
+  for (const name of Object.keys(defaults)) if (from[name] !== undefined) picked[name] = from[name]
+  return Object.freeze(picked) as Readonly<T>
 }
 
 function validateOrigins (value: unknown): string[] {
@@ -171,12 +246,12 @@ function validateStore (value: unknown): SecureWsStore {
   return value as SecureWsStore
 }
 
-function validateVerifier (options: Record<string, unknown>): VerifyToken {
+function validateVerifier (options: Record<string, unknown>): { verifyToken: VerifyToken, expiryGraceMs: number } {
   const { verifyToken, jwt } = options
   if (verifyToken !== undefined && jwt !== undefined) fail('give either verifyToken or jwt, not both')
   if (verifyToken !== undefined) {
     if (typeof verifyToken !== 'function') fail('verifyToken must be a function (token, request) => user | null')
-    return verifyToken as VerifyToken
+    return { verifyToken: verifyToken as VerifyToken, expiryGraceMs: 0 }
   }
   if (jwt === undefined) fail('verifyToken or jwt is required: every connection must be authenticated')
   return createJwtVerifier(jwt, fail)
@@ -196,17 +271,21 @@ export function validateOptions (raw: unknown): ResolvedOptions {
   if (heartbeat !== undefined && heartbeat !== 0 && !(isPositiveInteger(heartbeat) && heartbeat >= MIN_HEARTBEAT_INTERVAL_MS && heartbeat <= MAX_TIMER_MS)) {
     fail(`heartbeatIntervalMs must be 0 (off) or an integer from ${MIN_HEARTBEAT_INTERVAL_MS} to ${MAX_TIMER_MS}`)
   }
-  const verifyToken = validateVerifier(raw)
-  const limits = Object.freeze({ ...DEFAULT_LIMITS, ...validateLimits(raw.limits, 'limits') })
+  if (raw.refusalGraceMs !== undefined && !(isPositiveInteger(raw.refusalGraceMs) && raw.refusalGraceMs <= MAX_TIMER_MS)) fail(`refusalGraceMs must be an integer from 1 to ${MAX_TIMER_MS}`)
+  const { verifyToken, expiryGraceMs } = validateVerifier(raw)
+  const allLimits = validateLimits(raw.limits, 'limits', true)
   return Object.freeze({
     isOriginAllowed: createOriginCheck(origins, raw.allowMissingOrigin === true),
     verifyToken,
-    limits,
+    expiryGraceMs,
+    limits: pick(allLimits, DEFAULT_LIMITS),
+    serverLimits: pick(allLimits, DEFAULT_SERVER_LIMITS),
     store: validateStore(raw.store),
     closeReasons: validateCloseReasons(raw.closeReasons),
     rejectWith: (raw.rejectWith ?? 'close') as 'close' | 'http',
     shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number,
-    heartbeatIntervalMs: (heartbeat ?? DEFAULT_HEARTBEAT_INTERVAL_MS) as number
+    heartbeatIntervalMs: (heartbeat ?? DEFAULT_HEARTBEAT_INTERVAL_MS) as number,
+    refusalGraceMs: (raw.refusalGraceMs ?? DEFAULT_REFUSAL_GRACE_MS) as number
   })
 }
 

@@ -1,4 +1,7 @@
+import { randomBytes } from 'node:crypto'
+import type { WebSocket } from 'ws'
 import type { CloseKind } from './close-codes.js'
+import { HangUps } from './hang-up.js'
 import { addTo, removeFrom, sizes } from './keyed-sets.js'
 import type { Connection } from './connection.js'
 import type { SecureWsStore, StoreStats } from './stores/types.js'
@@ -13,6 +16,8 @@ export interface SecureWsStats {
   topics: number
   /** Connections whose credential expiry is being watched (by one shared timer). */
   timers: number
+  /** Sockets the server closed or refused whose peer has not closed its side yet (each gone within `refusalGraceMs`). */
+  closing: number
   /** The store's own holdings. */
   store: StoreStats
 }
@@ -29,18 +34,38 @@ export class Registry {
   readonly #expiring = new Set<Connection>()
   readonly #store: SecureWsStore
   readonly #heartbeatIntervalMs: number
+  readonly #hangUps: HangUps
   #expiryTimer: NodeJS.Timeout | undefined
   #heartbeat: NodeJS.Timeout | undefined
   #onEmpty: (() => void) | undefined
   closing = false
   /** Whether connections are pinged, so that they listen for pongs only then. */
   readonly heartbeats: boolean
+  /**
+   * The payload of this beat's pings: only a pong that echoes it answers the beat, so a
+   * client that sends unsolicited pongs without reading cannot pass for alive.
+   */
+  beatNonce: Buffer = Buffer.alloc(0)
 
-  /** `heartbeatIntervalMs`: how often every connection is pinged; 0 for never. */
-  constructor (store: SecureWsStore, heartbeatIntervalMs: number) {
+  /**
+   * `heartbeatIntervalMs`: how often every connection is pinged, 0 for never;
+   * `refusalGraceMs`: how long a socket the server closed may take to close its side.
+   */
+  constructor (store: SecureWsStore, heartbeatIntervalMs: number, refusalGraceMs: number) {
     this.#store = store
     this.#heartbeatIntervalMs = heartbeatIntervalMs
     this.heartbeats = heartbeatIntervalMs > 0
+    this.#hangUps = new HangUps(refusalGraceMs)
+  }
+
+  /** Open connections in this process. */
+  get size (): number {
+    return this.#connections.size
+  }
+
+  /** Closes a socket the server is done with; see HangUps. */
+  hangUp (socket: WebSocket, code: number, reason: string): void {
+    this.#hangUps.hangUp(socket, code, reason)
   }
 
   add (connection: Connection): void {
@@ -66,6 +91,33 @@ export class Registry {
     if (this.#connections.size === 0) this.#onEmpty?.()
   }
 
+  /** A connection's credential was replaced: its expiry, if any, is the new one's. */
+  refreshed (connection: Connection): void {
+    if (connection.user.expiresAt === undefined) {
+      this.#expiring.delete(connection)
+    } else {
+      this.#expiring.add(connection)
+      this.#watchExpiry()
+    }
+  }
+
+  /**
+   * Closes with 4403 `Logged out` every connection of `userId` here whose credential was
+   * issued at or before `issuedBefore` (or has no issue time); returns how many.
+   */
+  revokeUser (userId: string, issuedBefore: number): number {
+    const connections = this.#byUser.get(userId)
+    if (connections === undefined) return 0
+    let closed = 0
+    for (const connection of [...connections]) {
+      const issuedAt = connection.user.issuedAt
+      if (issuedAt !== undefined && issuedAt > issuedBefore) continue
+      connection.closeFor('loggedOut')
+      closed++
+    }
+    return closed
+  }
+
   subscribe (connection: Connection, topic: string): void {
     (connection.topics ??= new Set()).add(topic)
     addTo(this.#byTopic, topic, connection)
@@ -86,7 +138,7 @@ export class Registry {
     this.#expiryTimer = setInterval(() => {
       const now = Date.now()
       for (const connection of this.#expiring) {
-        if (connection.user.expiresAt! <= now) {
+        if (connection.user.expiresAt! + connection.route.expiryGraceMs <= now) {
           this.#expiring.delete(connection)
           connection.closeFor('tokenExpired')
         }
@@ -107,7 +159,8 @@ export class Registry {
   // pong is cut off; a connection that joined since the last beat gets its first ping.
   #startHeartbeat (): void {
     this.#heartbeat = setInterval(() => {
-      for (const connection of this.#connections) connection.heartbeat()
+      this.beatNonce = randomBytes(8)
+      for (const connection of this.#connections) connection.heartbeat(this.beatNonce)
     }, this.#heartbeatIntervalMs)
     this.#heartbeat.unref()
   }
@@ -154,6 +207,7 @@ export class Registry {
     this.closing = true
     if (this.#connections.size === 0) {
       this.#stopTimers()
+      this.#hangUps.destroyAll()
       return
     }
     const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
@@ -165,9 +219,10 @@ export class Registry {
     clearTimeout(timer)
     this.#onEmpty = undefined
     this.#stopTimers()
+    this.#hangUps.destroyAll()
   }
 
   stats (): SecureWsStats {
-    return { connections: this.#connections.size, users: sizes(this.#byUser), topics: this.#byTopic.size, timers: this.#expiring.size, store: this.#store.stats() }
+    return { connections: this.#connections.size, users: sizes(this.#byUser), topics: this.#byTopic.size, timers: this.#expiring.size, closing: this.#hangUps.size, store: this.#store.stats() }
   }
 }

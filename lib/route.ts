@@ -1,13 +1,14 @@
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
-import { admit, type Admission, type Admitted } from './admission.js'
-import type { CloseReasons } from './close-codes.js'
+import { admit, isThenable, type Admission, type Admitted } from './admission.js'
+import { HTTP_ONLY_REFUSALS, type CloseReasons } from './close-codes.js'
 import { Connection } from './connection.js'
 import { InvalidRouteError } from './errors.js'
 import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
 import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
 import type { Registry } from './registry.js'
+import type { UpgradeGuard } from './upgrade-guard.js'
 import type { MessageCounter, SecureWsStore } from './stores/types.js'
 
 /** Marks a raw request as an upgrade to one of our routes, for the subprotocol choice. */
@@ -27,16 +28,18 @@ export interface CompiledRoute {
   readonly closeReasons: CloseReasons
   readonly isOriginAllowed: (header: string | undefined) => boolean
   readonly verifyToken: VerifyToken
+  readonly expiryGraceMs: number
   readonly resolveSession: (context: ResolveSessionContext) => SessionBase | null | undefined | Promise<SessionBase | null | undefined>
   readonly messages: ReadonlyMap<string, CompiledMessage>
   readonly serializers: ReadonlyMap<string, OutboundSerializer>
-  readonly onConnect: ((connection: SecureWsConnection) => void) | undefined
-  readonly onClose: ((connection: SecureWsConnection) => void) | undefined
+  readonly onConnect: ((connection: SecureWsConnection) => unknown) | undefined
+  readonly onClose: ((connection: SecureWsConnection) => unknown) | undefined
 }
 
 export interface RouteContext {
   readonly options: ResolvedOptions
   readonly registry: Registry
+  readonly guard: UpgradeGuard
   /** Called with each declared route's limits, so ws admits its largest frame. */
   readonly onDeclared: (limits: Readonly<Limits>) => void
 }
@@ -66,6 +69,7 @@ export function compileRoute (def: SecureWsRouteOptions<SessionBase, OutboundSch
     closeReasons: options.closeReasons,
     isOriginAllowed: options.isOriginAllowed,
     verifyToken: options.verifyToken,
+    expiryGraceMs: options.expiryGraceMs,
     resolveSession: def.resolveSession,
     messages: compileMessages(def.url, def.messages),
     serializers: compileOutbound(def.url, def.outbound),
@@ -81,7 +85,7 @@ function joinUrl (prefix: string, url: string): string {
 
 /** Declares one secured WebSocket route on `instance`, honouring its prefix and hooks. */
 export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, context: RouteContext): void {
-  const { options, registry } = context
+  const { options, registry, guard } = context
   const route = compileRoute(def, joinUrl(instance.prefix, typeof def?.url === 'string' ? def.url : ''), options)
 
   // Callback style: Fastify then awaits no promise for an upgrade that admission decides at once.
@@ -90,18 +94,42 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
     if (!request.ws) return done()
     ;(request.raw as UpgradeRequest)[kSecuredUpgrade] = true
     if (registry.closing) return decided(request, reply, done, { admitted: false, kind: 'shuttingDown' })
-    admit(request, route, (admission) => decided(request, reply, done, admission))
+    const ip = request.ip
+    const early = guard.enter(ip)
+    if (early !== undefined) {
+      if (HTTP_ONLY_REFUSALS.has(early.kind)) {
+        // Not logged: one line went out when the address was locked out, and a flood must
+        // not turn into a flood of log lines.
+        const { status, reason } = route.closeReasons[early.kind]
+        reply.code(status).header('retry-after', String(early.retryAfter ?? 1)).send({ statusCode: status, code: early.kind, message: reason })
+        return
+      }
+      return decided(request, reply, done, { admitted: false, kind: early.kind })
+    }
+    admit(request, route, (admission) => {
+      guard.leave(ip)
+      decided(request, reply, done, admission)
+    })
   }
 
   function decided (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, admission: Admission): void {
     if (!admission.admitted) {
-      request.log.warn({ refusal: admission.kind, userId: admission.userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
+      const kind = admission.kind
+      if (kind === 'authUnavailable') {
+        guard.verifierFailed(admission.err, request.log)
+        request.log.warn({ refusal: kind, ip: request.ip }, 'websocket connection refused')
+      } else {
+        if (kind !== 'originNotAllowed' && kind !== 'shuttingDown' && kind !== 'serverFull') guard.verifierAnswered(request.log)
+        request.log.warn({ refusal: kind, userId: admission.userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
+        if (kind === 'invalidToken') guard.authFailed(request.ip, request.log)
+      }
       if (options.rejectWith === 'http') {
-        const { status, reason } = route.closeReasons[admission.kind]
-        reply.code(status).send({ statusCode: status, code: admission.kind, message: reason })
+        const { status, reason } = route.closeReasons[kind]
+        reply.code(status).send({ statusCode: status, code: kind, message: reason })
         return
       }
     } else {
+      guard.verifierAnswered(request.log)
       const socket = request.raw.socket
       if (socket?.destroyed === true) {
         // The client left while we were checking; nobody will ever close this connection.
@@ -131,7 +159,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
     raw[kAdmission] = undefined
     if (admission === undefined || !admission.admitted) {
       const { code, reason } = route.closeReasons[admission?.kind ?? 'internalError']
-      socket.close(code, reason)
+      registry.hangUp(socket, code, reason)
       return
     }
     startConnection(socket, request, admission)
@@ -148,7 +176,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       // Only a custom store can fail here; the slot is freed when the socket closes.
       request.log.error({ err, userId: admission.user.id, connectionId: admission.connectionId }, 'store could not hold a message counter')
       const { code, reason } = route.closeReasons.internalError
-      socket.close(code, reason)
+      registry.hangUp(socket, code, reason)
       return
     }
     const connection = new Connection(socket, route, registry, {
@@ -158,6 +186,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       params: request.params as Record<string, string>,
       counter,
       log: request.log,
+      request,
       release: admission.release
     })
     if (registry.closing) {
@@ -165,11 +194,15 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       return
     }
     if (route.onConnect !== undefined) {
-      try {
-        route.onConnect(connection)
-      } catch (err) {
-        request.log.error({ err, userId: admission.user.id, connectionId: admission.connectionId }, 'websocket onConnect hook failed')
+      const failed = (err: unknown): void => {
+        connection.log.error({ err, userId: connection.user.id, connectionId: connection.id }, 'websocket onConnect hook failed')
         connection.closeFor('internalError')
+      }
+      try {
+        const result = route.onConnect(connection)
+        if (isThenable(result)) result.then(undefined, failed)
+      } catch (err) {
+        failed(err)
       }
     }
   }

@@ -121,8 +121,11 @@ function isStringList (value: unknown): value is string | string[] {
   return typeof value === 'string' || (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string'))
 }
 
-/** Builds a `verifyToken` from the `jwt` option; `fail` reports a bad option by name. */
-export function createJwtVerifier (raw: unknown, fail: (message: string) => never): VerifyToken {
+/**
+ * Builds a `verifyToken` from the `jwt` option, and the grace its users' `expiresAt` get on
+ * an open connection (the clock tolerance); `fail` reports a bad option by name.
+ */
+export function createJwtVerifier (raw: unknown, fail: (message: string) => never): { verifyToken: VerifyToken, expiryGraceMs: number } {
   if (typeof raw !== 'object' || raw === null) fail('jwt must be an object with key and algorithms')
   const jwt = raw as Partial<JwtOptions>
   if (!(typeof jwt.key === 'string' || Buffer.isBuffer(jwt.key)) || jwt.key.length === 0) fail('jwt.key must be a non-empty string or Buffer')
@@ -159,7 +162,9 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
   // held when the token was verified, and time only moves on.
   const verified = new Map<string, { user: SecureWsUser, expiresAt: number }>()
 
-  return function verifyJwt (token) {
+  return { verifyToken: verifyJwt, expiryGraceMs: tolerance }
+
+  function verifyJwt (token: string): SecureWsUser | null {
     const cached = verified.get(token)
     if (cached !== undefined) {
       if (Date.now() <= cached.expiresAt) return cached.user
@@ -177,13 +182,14 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
     const mapped = toUser(claims)
     if (mapped === null || mapped === undefined) return null
     // One user object may now serve many connections, so none of them can change it.
-    // The clock tolerance applies to `exp` on the open connection as it did at verification.
+    // `expiresAt` is `exp` itself; the clock tolerance is applied where it is checked (expiryGraceMs).
     // Copied by rest destructuring, not by a spread: in optimised code V8 gives every frozen
     // spread copy a hidden class of its own (~150 B more per cached user). An own `__proto__`
     // (a mapper that copies claims) is left out rather than allowed near the prototype.
     const { __proto__: _prototype, ...copy } = mapped as unknown as Record<string, unknown>
     copy.scopes = Object.freeze([...mapped.scopes])
-    copy.expiresAt = mapped.expiresAt ?? (claims.exp as number) * 1000 + tolerance
+    copy.expiresAt = mapped.expiresAt ?? (claims.exp as number) * 1000
+    if (mapped.issuedAt === undefined && typeof claims.iat === 'number') copy.issuedAt = claims.iat * 1000
     const user = Object.freeze(copy) as unknown as SecureWsUser
     if (cacheSize > 0) {
       if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!)

@@ -53,10 +53,10 @@ t.test('a peer that answers nothing at all, not even the close, is cut off witho
   await eventually(() => app.secureWs.stats().connections === 0)
   t.same(app.secureWs.stats().store.slots, {}, 'the slot is released')
 
-  // After the handshake: one ping (0x89, empty), then the close frame 4408.
+  // After the handshake: one ping (0x89) carrying the beat's 8-byte nonce, then the close frame 4408.
   const frames = peer.frames()
-  t.same([...frames.subarray(0, 2)], [0x89, 0], 'an empty ping')
-  const close = frames.subarray(2)
+  t.same([...frames.subarray(0, 2)], [0x89, 8], 'a ping with a nonce')
+  const close = frames.subarray(10)
   t.equal(close[0], 0x88, 'then a close frame')
   t.equal(close.readUInt16BE(2), NO_PONG.code)
   t.equal(close.subarray(4, 2 + close[1]!).toString(), NO_PONG.reason)

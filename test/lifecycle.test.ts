@@ -41,6 +41,10 @@ function recordingStore (): { store: SecureWsStore, acquired: Array<{ id: string
   let signal: (id: string) => void = () => {}
   const onRelease = new Promise<string>((resolve) => { signal = resolve })
   const store: SecureWsStore = {
+    recordAuthFailure: (address, limit) => real.recordAuthFailure(address, limit),
+    lockedOutUntil: (address) => real.lockedOutUntil(address),
+    revokeUser: (userId, before, ttl) => real.revokeUser(userId, before, ttl),
+    revokedBefore: (userId) => real.revokedBefore(userId),
     async acquireSlot (key, connectionId, limit) {
       const ok = await real.acquireSlot(key, connectionId, limit)
       acquired.push({ id: connectionId, ok })
@@ -108,6 +112,10 @@ function faultyStore (fault: () => StoreFault): SecureWsStore {
   const real = memoryStore()
   return {
     acquireSlot: (key, id, limit) => real.acquireSlot(key, id, limit),
+    recordAuthFailure: (address, limit) => real.recordAuthFailure(address, limit),
+    lockedOutUntil: (address) => real.lockedOutUntil(address),
+    revokeUser: (userId, before, ttl) => real.revokeUser(userId, before, ttl),
+    revokedBefore: (userId) => real.revokedBefore(userId),
     releaseSlot (key, id) {
       real.releaseSlot(key, id)
       if (fault() === 'releaseSlotThrows') throw new Error('slot backend down')

@@ -40,6 +40,10 @@ function storeWithout (method?: string): Record<string, unknown> {
     acquireSlot: real.acquireSlot.bind(real),
     releaseSlot: real.releaseSlot.bind(real),
     holdCounter: real.holdCounter.bind(real),
+    recordAuthFailure: real.recordAuthFailure.bind(real),
+    lockedOutUntil: real.lockedOutUntil.bind(real),
+    revokeUser: real.revokeUser.bind(real),
+    revokedBefore: real.revokedBefore.bind(real),
     stats: real.stats.bind(real),
     close: real.close.bind(real)
   }
@@ -86,17 +90,25 @@ const BAD: BadCase[] = [
   })),
   { name: 'a store that is null', options: { ...VALID, store: null }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
   { name: 'a store that is a string', options: { ...VALID, store: 'redis' }, message: 'store must be a store object such as memoryStore() or redisStore(...)' },
-  ...['acquireSlot', 'releaseSlot', 'holdCounter', 'stats', 'close'].map((method) => ({
+  ...['acquireSlot', 'releaseSlot', 'holdCounter', 'recordAuthFailure', 'lockedOutUntil', 'revokeUser', 'revokedBefore', 'stats', 'close'].map((method) => ({
     name: `a store missing ${method}`,
     options: { ...VALID, store: storeWithout(method) },
     message: `store.${method} must be a function (see the SecureWsStore interface)`
   }))
 ]
 
-for (const limit of ['connectionsPerUser', 'messagesPerSecond', 'messagesPerMinute', 'maxPayloadBytes']) {
+for (const limit of ['connectionsPerUser', 'messagesPerSecond', 'messagesPerMinute', 'maxPayloadBytes', 'maxBufferedBytes', 'pendingUpgradesPerIp']) {
   for (const value of [0, -1, 1.5, 'abc', Number.NaN, Number.POSITIVE_INFINITY]) {
     BAD.push({ name: `limits.${limit} = ${JSON.stringify(value) ?? String(value)}`, options: { ...VALID, limits: { [limit]: value } }, message: `limits.${limit} must be a positive integer` })
   }
+}
+for (const limit of ['authFailuresPerMinute', 'maxConnections']) {
+  for (const value of [-1, 1.5, 'abc', Number.NaN, Number.POSITIVE_INFINITY]) {
+    BAD.push({ name: `limits.${limit} = ${JSON.stringify(value) ?? String(value)}`, options: { ...VALID, limits: { [limit]: value } }, message: `limits.${limit} must be 0 (off) or a positive integer` })
+  }
+}
+for (const value of [0, -1, 1.5, 'abc', 2 ** 31]) {
+  BAD.push({ name: `refusalGraceMs = ${JSON.stringify(value)}`, options: { ...VALID, refusalGraceMs: value }, message: 'refusalGraceMs must be an integer from 1 to 2147483647' })
 }
 
 t.test('valid options register (the baseline every failure below differs from)', async (t) => {
@@ -110,8 +122,10 @@ t.test('valid options register (the baseline every failure below differs from)',
     closeReasons: { originNotAllowed: { code: 4403, reason: 'é'.repeat(61), status: 451 } },
     rejectWith: 'http',
     shutdownTimeoutMs: 10,
-    heartbeatIntervalMs: 0
+    heartbeatIntervalMs: 0,
+    refusalGraceMs: 50
   }), null)
+  t.equal(await registrationError(t, { ...VALID, limits: { authFailuresPerMinute: 0, maxConnections: 0, pendingUpgradesPerIp: 1, maxBufferedBytes: 1 } }), null, '0 turns the lockout and the connection cap off')
   for (const heartbeatIntervalMs of [100, 2 ** 31 - 1]) {
     t.equal(await registrationError(t, { ...VALID, heartbeatIntervalMs }), null, `heartbeatIntervalMs ${heartbeatIntervalMs}`)
   }

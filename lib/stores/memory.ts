@@ -1,5 +1,7 @@
+import { AuthFailureLog } from '../auth-failures.js'
 import { InvalidOptionError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
+import { Revocations } from '../revocations.js'
 import type { RateLimits } from '../rate-window.js'
 import { HeldRateCounter } from './held-counter.js'
 import type { MessageCounter, SecureWsStore, StoreStats } from './types.js'
@@ -34,6 +36,8 @@ class HeldCounter extends HeldRateCounter {
 export class MemoryStore implements SecureWsStore {
   readonly #slots = new Map<string, Set<string>>()
   readonly #counters = new Map<string, HeldCounter>()
+  readonly #authFailures = new AuthFailureLog()
+  readonly #revocations = new Revocations()
   readonly #now: () => number
   readonly #sweepIntervalMs: number
   #sweeper: NodeJS.Timeout | undefined
@@ -67,14 +71,35 @@ export class MemoryStore implements SecureWsStore {
     return counter.hold()
   }
 
+  recordAuthFailure (address: string, limit: number): number {
+    const until = this.#authFailures.record(address, limit, this.#now())
+    this.#startSweeper()
+    return until
+  }
+
+  lockedOutUntil (address: string): number {
+    return this.#authFailures.lockedOutUntil(address, this.#now())
+  }
+
+  revokeUser (userId: string, issuedBefore: number, ttlMs: number): void {
+    this.#revocations.revoke(userId, issuedBefore, this.#now() + ttlMs)
+    this.#startSweeper()
+  }
+
+  revokedBefore (userId: string): number {
+    return this.#revocations.revokedBefore(userId, this.#now())
+  }
+
   stats (): StoreStats {
-    return { slots: sizes(this.#slots), rateCounters: this.#counters.size }
+    return { slots: sizes(this.#slots), rateCounters: this.#counters.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {
     this.#stopSweeper()
     this.#counters.clear()
     this.#slots.clear()
+    this.#authFailures.clear()
+    this.#revocations.clear()
   }
 
   #startSweeper (): void {
@@ -94,7 +119,9 @@ export class MemoryStore implements SecureWsStore {
     for (const [key, counter] of this.#counters) {
       if (counter.canDrop(now)) this.#counters.delete(key)
     }
-    if (this.#counters.size === 0) this.#stopSweeper()
+    this.#authFailures.sweep(now)
+    this.#revocations.sweep(now)
+    if (this.#counters.size === 0 && this.#authFailures.size === 0 && this.#revocations.size === 0) this.#stopSweeper()
   }
 }
 

@@ -2,8 +2,10 @@ import { randomUUID } from 'node:crypto'
 import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
+import { AUTH_FAILURE_WINDOW_MS, AuthFailureLog } from '../auth-failures.js'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
+import { Revocations } from '../revocations.js'
 import { MINUTE_MS, SECOND_MS, type RateLimits } from '../rate-window.js'
 import { HeldRateCounter } from './held-counter.js'
 import type { BroadcastEvent, MessageCounter, SecureWsStore, StoreContext, StoreStats } from './types.js'
@@ -107,7 +109,25 @@ for k = 1, #KEYS do
 end
 return totals`
 
+// One failed authentication from an address: a sorted set of failure times per address, on
+// Redis's clock. Answers until when the address is locked out (0 if not) and Redis's now,
+// so the instance can carry the lockout over to its own clock.
+const AUTH_FAILURE_LUA = `${NOW_MS}
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then return {0, now} end
+local oldest = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
+return {tonumber(oldest[2]) + window, now}`
+
+/** What instances tell each other: the plugin's events, and the store's own lockouts. */
+type ChannelEvent = BroadcastEvent | { kind: 'lockout', address: string, forMs: number }
+
 interface ScriptedRedis extends Redis {
+  secureWsAuthFailure (key: string, limit: number, windowMs: number, member: string): Promise<[number, number]>
   secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<number>
   secureWsRenew (...args: Array<string | number>): Promise<number>
   secureWsRate (...args: Array<string | number>): Promise<number[]>
@@ -208,6 +228,10 @@ export class RedisStore implements SecureWsStore {
   readonly #held = new Map<string, Set<string>>()
   readonly #rates = new Map<string, SharedRate>()
   readonly #dirty = new Set<SharedRate>()
+  /** Lockouts learnt from Redis and from the other instances; failures counted here during an outage. */
+  readonly #authFailures = new AuthFailureLog()
+  readonly #revocations = new Revocations()
+  #lastFailureId = 0
   /** Slots released while Redis was unreachable, freed there once it is back. */
   #releasedWhileAway: Array<[key: string, member: string]> = []
   #log: FastifyBaseLogger = SILENT_LOG
@@ -252,6 +276,7 @@ export class RedisStore implements SecureWsStore {
     client.defineCommand('secureWsAcquire', { numberOfKeys: 1, lua: ACQUIRE_LUA })
     client.defineCommand('secureWsRenew', { lua: RENEW_LUA })
     client.defineCommand('secureWsRate', { lua: RATE_LUA })
+    client.defineCommand('secureWsAuthFailure', { numberOfKeys: 1, lua: AUTH_FAILURE_LUA })
 
     client.on('ready', this.#onReady)
     client.on('error', this.#onDown)
@@ -318,7 +343,45 @@ export class RedisStore implements SecureWsStore {
     return rate.hold()
   }
 
+  async recordAuthFailure (address: string, limit: number): Promise<number> {
+    this.#startSweeping()
+    if (!this.#available) return this.#authFailures.record(address, limit, Date.now())
+    let answer: [number, number]
+    try {
+      // Hash-tagged by address, so the key has a slot of its own on a Redis Cluster.
+      const key = `${this.#prefix}authfail:{${address}}`
+      answer = await this.#timed(this.#client.secureWsAuthFailure(key, limit, AUTH_FAILURE_WINDOW_MS, `${this.#instanceId}:${++this.#lastFailureId}`))
+    } catch {
+      return this.#authFailures.record(address, limit, Date.now())
+    }
+    const [redisUntil, redisNow] = answer
+    if (redisUntil === 0) return 0
+    const until = Date.now() + (redisUntil - redisNow)
+    this.#authFailures.lock(address, until)
+    // The other instances lock the address out too; one that misses this learns it from
+    // Redis at the address's next failure there.
+    this.#publish({ kind: 'lockout', address, forMs: redisUntil - redisNow }).catch(() => {})
+    return until
+  }
+
+  lockedOutUntil (address: string): number {
+    return this.#authFailures.lockedOutUntil(address, Date.now())
+  }
+
+  async revokeUser (userId: string, issuedBefore: number, ttlMs: number): Promise<void> {
+    // TODO(issue 13/14): kept in Redis so instances that start later know it.
+    this.#revocations.revoke(userId, issuedBefore, Date.now() + ttlMs)
+  }
+
+  revokedBefore (userId: string): number {
+    return this.#revocations.revokedBefore(userId, Date.now())
+  }
+
   async broadcast (event: BroadcastEvent): Promise<void> {
+    await this.#publish(event)
+  }
+
+  async #publish (event: ChannelEvent): Promise<void> {
     if (!this.#available) throw new StoreUnavailableError('redis is unreachable')
     try {
       await this.#timed(this.#client.publish(this.#channel, JSON.stringify({ origin: this.#instanceId, event })))
@@ -328,7 +391,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    return { slots: sizes(this.#held), rateCounters: this.#rates.size }
+    return { slots: sizes(this.#held), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {
@@ -347,6 +410,7 @@ export class RedisStore implements SecureWsStore {
     this.#held.clear()
     this.#rates.clear()
     this.#dirty.clear()
+    this.#authFailures.clear()
     this.#client.off('ready', this.#onReady)
     this.#client.off('error', this.#onDown)
     this.#client.off('close', this.#onDown)
@@ -432,7 +496,7 @@ export class RedisStore implements SecureWsStore {
 
   readonly #onEvent = (channel: string, raw: string): void => {
     if (channel !== this.#channel || this.#deliver === undefined) return
-    let message: { origin?: unknown, event?: BroadcastEvent }
+    let message: { origin?: unknown, event?: ChannelEvent }
     try {
       message = secureJson.parse(raw, null, { protoAction: 'remove', constructorAction: 'remove' })
     } catch {
@@ -440,7 +504,16 @@ export class RedisStore implements SecureWsStore {
     }
     // This instance already delivered its own events locally.
     if (message.origin === this.#instanceId || typeof message.event !== 'object' || message.event === null) return
-    this.#deliver(message.event)
+    const event = message.event
+    if (event.kind === 'lockout') {
+      // Sent as a duration, so the instances' clocks need not agree.
+      if (typeof event.address === 'string' && typeof event.forMs === 'number' && event.forMs > 0 && event.forMs <= AUTH_FAILURE_WINDOW_MS) {
+        this.#authFailures.lock(event.address, Date.now() + event.forMs)
+        this.#startSweeping()
+      }
+      return
+    }
+    this.#deliver(event)
   }
 
   #renew (): void {
@@ -475,7 +548,8 @@ export class RedisStore implements SecureWsStore {
       for (const [key, rate] of this.#rates) {
         if (rate.canDrop(now)) this.#rates.delete(key)
       }
-      if (this.#rates.size === 0) {
+      this.#authFailures.sweep(now)
+      if (this.#rates.size === 0 && this.#authFailures.size === 0) {
         clearInterval(this.#sweepTimer)
         clearInterval(this.#syncTimer)
         this.#sweepTimer = undefined

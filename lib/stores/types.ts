@@ -24,12 +24,18 @@ export interface StoreStats {
   slots: Record<string, number>
   /** Rate counters kept in this process (released once a user has been idle a minute). */
   rateCounters: number
+  /** Client addresses with failed authentications or a lockout remembered in this process. */
+  authFailureAddresses: number
+  /** Users with a revocation remembered in this process. */
+  revocations: number
 }
 
 /** An action every instance sharing the store carries out on its own connections. */
 export type BroadcastEvent =
   | { kind: 'publish', topic: string, type: string, body: unknown }
   | { kind: 'disconnect', userId: string, code?: number, reason?: string }
+  /** The user logged out: connections holding a credential issued at or before `issuedBefore` (ms since the epoch) close with 4403 `Logged out`. */
+  | { kind: 'revoke', userId: string, issuedBefore: number }
 
 /** What the plugin hands a store when it is registered. */
 export interface StoreContext {
@@ -62,6 +68,32 @@ export interface SecureWsStore {
    * for a minute, so reconnecting does not reset a user's counts.
    */
   holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter
+  /**
+   * Counts one upgrade from `address` refused for its token. Returns (or resolves) until when
+   * the address is locked out, in ms since the epoch, once `limit` such failures fall within
+   * a minute (every instance sharing the store together); 0 while it is not. A shared store
+   * that cannot reach its backend counts in this process instead: a lockout must not lift
+   * because the store is down.
+   */
+  recordAuthFailure (address: string, limit: number): number | Promise<number>
+  /**
+   * Until when `address` is locked out (ms since the epoch), or 0. Synchronous: it runs before
+   * every upgrade, so a shared store answers from what it has learnt, never over the network.
+   */
+  lockedOutUntil (address: string): number
+  /**
+   * Revokes every credential of `userId` issued at or before `issuedBefore` (ms since the
+   * epoch), for `ttlMs`: as long as such a credential could still be unexpired. A later
+   * revocation of the same user replaces an earlier one only if it reaches further.
+   * Rejects when the backend cannot be reached.
+   */
+  revokeUser (userId: string, issuedBefore: number, ttlMs: number): void | Promise<void>
+  /**
+   * The latest revocation of `userId` still in force (ms since the epoch), or 0. Read at
+   * connect and at refresh; a shared store may ask its backend (rejecting when it cannot,
+   * which refuses the upgrade with 1013).
+   */
+  revokedBefore (userId: string): number | Promise<number>
   /** Called once at registration; a shared store starts listening for broadcasts here. */
   init? (context: StoreContext): void
   /**

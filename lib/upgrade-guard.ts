@@ -1,0 +1,100 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { CloseKind } from './close-codes.js'
+import { isThenable } from './admission.js'
+import type { ServerLimits } from './options.js'
+import type { SecureWsStore } from './stores/types.js'
+
+/** A refusal decided before any check of the upgrade itself. */
+export interface EarlyRefusal {
+  readonly kind: CloseKind
+  /** Seconds the client should wait, for `Retry-After`. */
+  readonly retryAfter?: number
+}
+
+/**
+ * What protects the server from one address or from sheer numbers, before an upgrade's own
+ * checks: the per-address lockout after failed authentications, the cap on one address's
+ * upgrades still being checked, and the cap on connections in the process.
+ */
+export class UpgradeGuard {
+  readonly #limits: Readonly<ServerLimits>
+  readonly #store: SecureWsStore
+  readonly #openConnections: () => number
+  readonly #pendingByIp = new Map<string, number>()
+  #pending = 0
+  /** Whether `verifyToken` is failing, so the outage is logged once, not per upgrade. */
+  #verifierDown = false
+
+  constructor (limits: Readonly<ServerLimits>, store: SecureWsStore, openConnections: () => number) {
+    this.#limits = limits
+    this.#store = store
+    this.#openConnections = openConnections
+  }
+
+  /** Upgrades being checked now, all addresses together. */
+  get pending (): number {
+    return this.#pending
+  }
+
+  /**
+   * The refusal for an upgrade from `ip`, or undefined when it may be checked; then it counts
+   * as pending until `leave(ip)`.
+   */
+  enter (ip: string): EarlyRefusal | undefined {
+    if (this.#limits.authFailuresPerMinute > 0) {
+      const until = this.#store.lockedOutUntil(ip)
+      if (until > 0) return { kind: 'tooManyAuthFailures', retryAfter: Math.max(1, Math.ceil((until - Date.now()) / 1000)) }
+    }
+    const pendingHere = this.#pendingByIp.get(ip) ?? 0
+    if (pendingHere >= this.#limits.pendingUpgradesPerIp) return { kind: 'tooManyPendingUpgrades', retryAfter: 1 }
+    const max = this.#limits.maxConnections
+    if (max > 0 && this.#openConnections() + this.#pending >= max) return { kind: 'serverFull' }
+    this.#pendingByIp.set(ip, pendingHere + 1)
+    this.#pending++
+    return undefined
+  }
+
+  leave (ip: string): void {
+    const pendingHere = this.#pendingByIp.get(ip)
+    if (pendingHere === undefined) return
+    if (pendingHere <= 1) this.#pendingByIp.delete(ip)
+    else this.#pendingByIp.set(ip, pendingHere - 1)
+    this.#pending--
+  }
+
+  /**
+   * Counts an upgrade from `ip` refused for its token; logs one line when that locks the
+   * address out, not one per attempt after.
+   */
+  authFailed (ip: string, log: FastifyBaseLogger): void {
+    const limit = this.#limits.authFailuresPerMinute
+    if (limit === 0) return
+    const wasLocked = this.#store.lockedOutUntil(ip) > 0
+    const locked = (until: number): void => {
+      if (until > 0 && !wasLocked) log.warn({ ip, failures: limit, lockedOutForS: Math.ceil((until - Date.now()) / 1000) }, 'client address locked out after failed authentications')
+    }
+    let result: number | Promise<number>
+    try {
+      result = this.#store.recordAuthFailure(ip, limit)
+    } catch (err) {
+      log.error({ err }, 'store failed to count a failed authentication')
+      return
+    }
+    if (isThenable(result)) result.then(locked, (err: unknown) => log.error({ err }, 'store failed to count a failed authentication'))
+    else locked(result)
+  }
+
+  /** `verifyToken` threw or rejected: logs `err` once per outage. */
+  verifierFailed (err: unknown, log: FastifyBaseLogger): void {
+    if (this.#verifierDown) return
+    this.#verifierDown = true
+    log.error({ err }, 'verifyToken failed; upgrades are refused with 1013 until it answers again')
+  }
+
+  /** `verifyToken` answered (a user or a refusal). */
+  verifierAnswered (log: FastifyBaseLogger): void {
+    if (!this.#verifierDown) return
+    this.#verifierDown = false
+    log.info('verifyToken answers again')
+  }
+}

@@ -86,6 +86,7 @@ new Connection(securedSocket as unknown as WebSocket, route, registry, {
   session: { ownerId: 'u1' },
   params: { sessionId: 'u1' },
   counter: store.holdCounter('u1', route.limits),
+  limitKey: 'u1',
   log: silentLog,
   request: { log: silentLog } as unknown as FastifyRequest,
   release: noop

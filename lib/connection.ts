@@ -20,6 +20,8 @@ export interface ConnectionInit {
   params: Readonly<Record<string, string>>
   /** The user's message counter, held for this connection; released when it ends. */
   counter: MessageCounter
+  /** The key the counter and the slot are held under. */
+  limitKey: string
   log: FastifyBaseLogger
   /** The upgrade request, handed to `verifyToken` again at a refresh. */
   request: FastifyRequest
@@ -44,6 +46,7 @@ export class Connection implements SecureWsConnection {
   readonly session: SessionBase
   readonly params: Readonly<Record<string, string>>
   readonly log: FastifyBaseLogger
+  readonly limitKey: string
   /** Topics subscribed to; created on the first subscription, as most connections have none. */
   topics: Set<string> | undefined
   readonly #registry: Registry
@@ -60,6 +63,7 @@ export class Connection implements SecureWsConnection {
     this.session = init.session
     this.params = init.params
     this.log = init.log
+    this.limitKey = init.limitKey
     this.route = route
     this.#socket = socket
     this.#registry = registry
@@ -232,11 +236,15 @@ export class Connection implements SecureWsConnection {
       this.closeFor('internalError')
       return false
     }
-    if (!counted) {
-      this.sendError(ERROR_MESSAGES.rateLimited)
-      this.closeFor('rateLimited')
-    }
+    if (!counted) this.rateLimited()
     return counted
+  }
+
+  /** Over a message limit: the error frame, then the close. */
+  rateLimited (): void {
+    if (this.#closing) return
+    this.sendError(ERROR_MESSAGES.rateLimited)
+    this.closeFor('rateLimited')
   }
 
   #receive (data: RawData, isBinary: boolean): void {

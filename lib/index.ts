@@ -84,7 +84,9 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
       if (event.kind === 'publish') registry.publish(event.topic, event.type, event.body)
       else if (event.kind === 'revoke') registry.revokeUser(event.userId, event.issuedBefore)
       else registry.disconnectUser(event.userId, 'disconnected', event.code, event.reason)
-    }
+    },
+    rateExceeded: (key) => { registry.rateExceeded(key) },
+    slotsLost: (slots) => { registry.slotsLost(slots) }
   })
   let largestPayload = options.limits.maxPayloadBytes
 

@@ -171,6 +171,21 @@ export class Registry {
     this.#heartbeat = undefined
   }
 
+  /** Closes with the rate-limit error every connection here counted under `key`. */
+  rateExceeded (key: string): void {
+    for (const connection of this.#connections) {
+      if (connection.limitKey === key) connection.rateLimited()
+    }
+  }
+
+  /** Closes with `storeUnavailable` the connections whose slots the store lost. */
+  slotsLost (slots: ReadonlyArray<{ key: string, connectionId: string }>): void {
+    const lost = new Set(slots.map((slot) => slot.connectionId))
+    for (const connection of this.#connections) {
+      if (lost.has(connection.id)) connection.closeFor('storeUnavailable')
+    }
+  }
+
   /** Sends `type` to every subscriber of `topic` here; returns how many got it. */
   publish (topic: string, type: string, body: unknown): number {
     const subscribers = this.#byTopic.get(topic)

@@ -185,6 +185,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       session: admission.session,
       params: request.params as Record<string, string>,
       counter,
+      limitKey: admission.limitKey,
       log: request.log,
       request,
       release: admission.release

@@ -43,6 +43,17 @@ export interface StoreContext {
   log: FastifyBaseLogger
   /** Carries out an event another instance broadcast. */
   deliver: (event: BroadcastEvent) => void
+  /**
+   * The counts under `key`, every instance together, went over a limit that this process's
+   * own checks did not see (a user spread over several instances): the connections here
+   * counted under `key` get the rate-limit error and close.
+   */
+  rateExceeded: (key: string) => void
+  /**
+   * The store can no longer vouch for these connections' slots (a lease it could not renew
+   * before it lapsed): they close with 1013, so no partition lets a user over the limit.
+   */
+  slotsLost: (slots: ReadonlyArray<{ key: string, connectionId: string }>) => void
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import { Telemetry } from '../lib/telemetry.js'
 /**
  * Figure 4: the security path in isolation, in-process, no network.
  *
@@ -76,7 +77,7 @@ const options = validateOptions({
   store
 })
 const route = compileRoute(routeDef, routeDef.url, options)
-const registry = new Registry(store, 0, 1000)
+const registry = new Registry(store, 0, 1000, new Telemetry(undefined, silentLog))
 
 const securedSocket = new FakeSocket()
 // The connection attaches itself to the socket and the registry.

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
+import { Registry as MetricsRegistry } from 'prom-client'
 import secureWs, { optionsFromEnv, redisStore, withoutQueryToken, type SecureWsStore } from '../lib/index.js'
 
 interface TradingSession {
@@ -20,10 +21,21 @@ interface TradingSession {
 const DEV_SECRET = 'fastify-secure-ws-example-development-secret'
 const TOKEN_LIFETIME_S = 3600
 const EXAMPLE_LEASE_MS = 20_000
+const DEFAULT_PRICE_INTERVAL_MS = 1000
+// A WebSocket server has no business waiting minutes for a request's headers.
+const HEADERS_TIMEOUT_MS = 10_000
+const REQUEST_TIMEOUT_MS = 15_000
 
 function fatal (message: string): never {
   process.stderr.write(`error: ${message}\n`)
   process.exit(1)
+}
+
+function readPriceInterval (value: string | undefined): number {
+  if (value === undefined || value === '') return DEFAULT_PRICE_INTERVAL_MS
+  const ms = /^\d+$/.test(value.trim()) ? Number(value.trim()) : Number.NaN
+  if (!(Number.isSafeInteger(ms) && ms > 0 && ms <= 2 ** 31 - 1)) fatal(`WS_PRICE_INTERVAL_MS must be a positive integer (ms), got "${value}"`)
+  return ms
 }
 
 function readPort (value: string | undefined): number {
@@ -52,10 +64,34 @@ function seedSessions (): Map<string, TradingSession> {
   ])
 }
 
-// Only the status channel exists; any other is refused by the schema with an `error`.
-const StatusChannel = Type.Object({ channel: Type.Literal('status') })
+// Only these channels exist; any other is refused by the schema with an `error`.
+const Channel = Type.Object({ channel: Type.Union([Type.Literal('status'), Type.Literal('prices')]) })
+const PRICES_TOPIC = 'prices'
 const statusTopic = (sessionId: string): string => `session:${sessionId}:status`
+const topicOf = (channel: 'status' | 'prices', sessionId: string): string => channel === 'prices' ? PRICES_TOPIC : statusTopic(sessionId)
 const toStatus = (session: TradingSession) => ({ data: { id: session.id, owner: session.ownerId, state: session.state } })
+
+const PriceLevels = Type.Array(Type.Tuple([Type.Number(), Type.Number()]))
+const PRICE_LEVELS = 20
+
+/** A made-up BTC-USD order book: 20 bids below and 20 asks above a drifting mid price. */
+function priceFeed (): () => { data: { symbol: string, seq: number, bids: Array<[number, number]>, asks: Array<[number, number]> } } {
+  let seq = 0
+  let mid = 60_000
+  return () => {
+    seq++
+    mid = Math.max(1000, mid + (Math.random() - 0.5) * 20)
+    const level = (i: number, side: 1 | -1): [number, number] => [Math.round((mid + side * (i + 1) * 0.5) * 100) / 100, Math.round(Math.random() * 200) / 100 + 0.01]
+    return {
+      data: {
+        symbol: 'BTC-USD',
+        seq,
+        bids: Array.from({ length: PRICE_LEVELS }, (_, i) => level(i, -1)),
+        asks: Array.from({ length: PRICE_LEVELS }, (_, i) => level(i, 1))
+      }
+    }
+  }
+}
 
 async function main (): Promise<void> {
   const host = process.env.HOST || '127.0.0.1'
@@ -72,10 +108,13 @@ async function main (): Promise<void> {
     process.stderr.write('WARNING: WS_JWT_SECRET is not set; using a publicly known development secret. Anyone can forge tokens. Set WS_JWT_SECRET before exposing this server.\n')
   }
   const store = createStore(process.env)
+  const priceIntervalMs = readPriceInterval(process.env.WS_PRICE_INTERVAL_MS)
   const sessions = seedSessions()
+  const metrics = new MetricsRegistry()
 
   const app = Fastify({
     logger: { level: process.env.LOG_LEVEL || 'info' },
+    requestTimeout: REQUEST_TIMEOUT_MS,
     // The plugin keeps `?token=` out of the logs for WebSocket upgrades; this does the same for
     // plain HTTP requests (a client that lost its Upgrade header, a mistyped URL), which only
     // the app itself can rewrite.
@@ -85,10 +124,14 @@ async function main (): Promise<void> {
     origins: env.origins ?? [`http://localhost:${port}`, `http://127.0.0.1:${port}`],
     jwt: { key: secret, algorithms: ['HS256'], clockToleranceMs: 5000 },
     limits: env.limits,
+    ...(env.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: env.heartbeatIntervalMs }),
+    prometheus: { registry: metrics },
     ...(store === undefined ? {} : { store })
   })
+  app.server.headersTimeout = HEADERS_TIMEOUT_MS
 
   app.get('/health', async () => ({ status: 'ok' }))
+  app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.metrics()))
 
   const page = readFileSync(join(__dirname, 'page.html'), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
@@ -119,18 +162,34 @@ async function main (): Promise<void> {
         data: Type.Object({ id: Type.String(), owner: Type.String(), state: Type.String() })
       }),
       subscribed: Type.Object({ channel: Type.String() }),
-      unsubscribed: Type.Object({ channel: Type.String() })
+      unsubscribed: Type.Object({ channel: Type.String() }),
+      price: Type.Object({
+        data: Type.Object({ symbol: Type.String(), seq: Type.Integer(), bids: PriceLevels, asks: PriceLevels })
+      }),
+      refreshed: Type.Object({ exp: Type.Integer() })
     },
     messages: (message) => ({
       ping: message((conn) => conn.send('pong', {})),
       get_status: message((conn) => conn.send('status', toStatus(conn.session))),
-      subscribe: message({ payload: StatusChannel }, (conn, { channel }) => {
-        conn.subscribe(statusTopic(conn.session.id))
+      subscribe: message({ payload: Channel }, (conn, { channel }) => {
+        conn.subscribe(topicOf(channel, conn.session.id))
         conn.send('subscribed', { channel })
       }),
-      unsubscribe: message({ payload: StatusChannel }, (conn, { channel }) => {
-        conn.unsubscribe(statusTopic(conn.session.id))
+      unsubscribe: message({ payload: Channel }, (conn, { channel }) => {
+        conn.unsubscribe(topicOf(channel, conn.session.id))
         conn.send('unsubscribed', { channel })
+      }),
+      // A fresh token on the open connection; one that fails any check closes it with 4401.
+      refresh: message({ payload: Type.Object({ token: Type.String({ maxLength: 8192 }) }) }, async (conn, { token }) => {
+        const user = await conn.refresh(token)
+        if (user?.expiresAt !== undefined) conn.send('refreshed', { exp: Math.floor(user.expiresAt / 1000) })
+      }),
+      // Logout everywhere: this user's connections close with 4403 on every instance, and
+      // their tokens issued until now are refused from now on.
+      logout: message(async (conn) => {
+        await app.secureWs.revokeUser(conn.user.id).catch((err: unknown) => {
+          conn.log.error({ err, userId: conn.user.id }, 'logout not recorded in the store')
+        })
       }),
       stop: message({ scopes: ['trade'] }, async (conn) => {
         const session = conn.session
@@ -144,10 +203,18 @@ async function main (): Promise<void> {
     })
   })
 
+  // Every instance runs its own feed for its own subscribers.
+  const nextPrice = priceFeed()
+  const priceTimer = setInterval(() => {
+    app.secureWs.publish(PRICES_TOPIC, 'price', nextPrice(), { local: true }).catch(() => {})
+  }, priceIntervalMs)
+  priceTimer.unref()
+
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) return
     stopping = true
+    clearInterval(priceTimer)
     app.log.info({ signal }, 'shutting down')
     app.close().then(() => process.exit(0), (err: unknown) => {
       app.log.error({ err }, 'shutdown failed')

@@ -3,7 +3,8 @@ import type { CloseKind } from './close-codes.js'
 import type { SessionBase } from './messages.js'
 import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
-import { readToken } from './token.js'
+import type { TokenRefusal } from './telemetry.js'
+import { readToken, refusalOf } from './token.js'
 
 export interface Admitted {
   readonly admitted: true
@@ -21,6 +22,8 @@ export interface Refused {
   readonly userId?: string
   /** What the app's callback threw, for the one log line of the refusal. */
   readonly err?: unknown
+  /** Why the token was refused (`invalidToken` only). */
+  readonly tokenRefusal?: TokenRefusal
 }
 
 export type Admission = Admitted | Refused
@@ -29,6 +32,10 @@ let lastConnectionId = 0
 
 function refuse (kind: CloseKind, userId?: string, err?: unknown): Refused {
   return { admitted: false, kind, userId, err }
+}
+
+function refuseToken (tokenRefusal: TokenRefusal, userId?: string): Refused {
+  return { admitted: false, kind: 'invalidToken', userId, tokenRefusal }
 }
 
 /** True for anything with a `then` method: async callbacks may return any promise-like. */
@@ -60,7 +67,7 @@ export function then<T> (value: T | PromiseLike<T>, step: (value: T) => void, fa
 export function admit (request: FastifyRequest, route: CompiledRoute, done: (admission: Admission) => void): void {
   if (!route.isOriginAllowed(request.headers.origin)) return done(refuse('originNotAllowed'))
   const token = readToken(request)
-  if (token === undefined) return done(refuse('invalidToken'))
+  if (token === undefined) return done(refuseToken('missing'))
 
   // The verifier could not decide (an identity provider down): the client may try again later.
   const tokenFailed = (err: unknown): void => done(refuse('authUnavailable', undefined, err))
@@ -71,12 +78,14 @@ export function admit (request: FastifyRequest, route: CompiledRoute, done: (adm
     return tokenFailed(err)
   }
   then(verified, (user) => {
-    if (user === null || user === undefined) return done(refuse('invalidToken'))
+    if (user === null || user === undefined) return done(refuseToken(refusalOf(route.verifyToken)))
     if (!isUser(user)) {
       return done(refuse('internalError', undefined, new TypeError('verifyToken returned a user without a non-empty string id and a scopes array')))
     }
-    if (user.expiresAt !== undefined && user.expiresAt + route.expiryGraceMs <= Date.now()) return done(refuse('invalidToken', user.id))
-    checkRevocation(route.store, user, () => resolveSession(request, route, user, done), (kind, err) => done(refuse(kind, user.id, err)))
+    if (user.expiresAt !== undefined && user.expiresAt + route.expiryGraceMs <= Date.now()) return done(refuseToken('expired', user.id))
+    checkRevocation(route.store, user, () => resolveSession(request, route, user, done), (kind, err) => {
+      done(kind === 'invalidToken' ? refuseToken('revoked', user.id) : refuse(kind, user.id, err))
+    })
   }, tokenFailed)
 }
 

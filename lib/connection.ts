@@ -7,11 +7,24 @@ import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
 import type { Registry } from './registry.js'
 import type { MessageCounter } from './stores/types.js'
+import type { InvalidMessageKind } from './telemetry.js'
+
+// parseEnvelope answers with the error frame's text; the audit event names its kind.
+const ENVELOPE_ERRORS = new Map<string, InvalidMessageKind>([
+  [ERROR_MESSAGES.invalidJson, 'invalidJson'],
+  [ERROR_MESSAGES.forbiddenKey, 'forbiddenKey'],
+  [ERROR_MESSAGES.invalidEnvelope, 'invalidEnvelope']
+])
 
 /** The connection a socket belongs to, so that two shared listeners serve every socket. */
 const kConnection = Symbol('fastify-secure-ws.connection')
 
 type OwnedSocket = WebSocket & { [kConnection]: Connection }
+
+/** The admitted connection on `socket`, if any. */
+export function connectionOf (socket: WebSocket): Connection | undefined {
+  return (socket as Partial<OwnedSocket>)[kConnection]
+}
 
 export interface ConnectionInit {
   id: string
@@ -56,6 +69,11 @@ export class Connection implements SecureWsConnection {
   #answered = true
   // @fastify/websocket's error listener holds the request for the connection's life anyway.
   readonly #request: FastifyRequest
+  /** Why the server closed it, and with which code, for the `closed` audit event. */
+  #closedFor: CloseKind | undefined
+  #closeCode = 0
+  /** When it opened, kept only while an audit hook listens (0 otherwise). */
+  readonly #openedAt: number
 
   constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {
     this.id = init.id
@@ -70,6 +88,7 @@ export class Connection implements SecureWsConnection {
     this.#counter = init.counter
     this.#release = init.release
     this.#request = init.request
+    this.#openedAt = registry.telemetry.auditing ? Date.now() : 0
     // Listeners attach in the same tick as the upgrade, so a message sent right after
     // `open` is never missed. `#end` acts once, so a plain `on` does (and costs less).
     ;(socket as OwnedSocket)[kConnection] = this
@@ -108,6 +127,8 @@ export class Connection implements SecureWsConnection {
           if (this.#closing) return resolve(null)
           this.user = user
           this.#registry.refreshed(this)
+          const telemetry = this.#registry.telemetry
+          if (telemetry.auditing) telemetry.emit({ type: 'refreshed', userId: user.id, connectionId: this.id, route: this.route.url })
           resolve(user)
         }, (kind, err) => failed(kind === 'invalidToken' ? 'tokenExpired' : kind, err))
       }, (err) => failed('authUnavailable', err))
@@ -177,6 +198,9 @@ export class Connection implements SecureWsConnection {
     const configured = this.route.closeReasons[kind]
     const closeCode = code ?? configured.code
     this.log.info({ close: kind, code: closeCode, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
+    this.#closedFor = kind
+    this.#closeCode = closeCode
+    this.#registry.telemetry.closedByServer(kind)
     this.close(closeCode, code === undefined ? configured.reason : reason ?? '')
   }
 
@@ -210,8 +234,8 @@ export class Connection implements SecureWsConnection {
     (this as OwnedSocket)[kConnection].#receive(data, isBinary)
   }
 
-  static readonly #onClose = function (this: WebSocket): void {
-    (this as OwnedSocket)[kConnection].#end()
+  static readonly #onClose = function (this: WebSocket, code: number): void {
+    (this as OwnedSocket)[kConnection].#end(code)
   }
 
   static readonly #onPong = function (this: WebSocket, data: Buffer): void {
@@ -227,6 +251,7 @@ export class Connection implements SecureWsConnection {
   /** Counts one inbound frame; false, with the connection closed, when it is over a limit. */
   #count (): boolean {
     if (this.#closing) return false
+    this.#registry.telemetry.messages++
     let counted: boolean
     try {
       counted = this.#counter.consume()
@@ -245,6 +270,23 @@ export class Connection implements SecureWsConnection {
     if (this.#closing) return
     this.sendError(ERROR_MESSAGES.rateLimited)
     this.closeFor('rateLimited')
+    const telemetry = this.#registry.telemetry
+    if (telemetry.auditing) telemetry.emit({ type: 'rateLimited', userId: this.user.id, connectionId: this.id, route: this.route.url })
+  }
+
+  /** Answers a message that was not processed with an error frame; the audit hook learns why. */
+  #invalid (error: InvalidMessageKind, message: string, messageType?: string): void {
+    this.sendError(message)
+    this.log.debug({ invalidMessage: error, messageType, userId: this.user.id, connectionId: this.id }, 'websocket message refused')
+    const telemetry = this.#registry.telemetry
+    if (telemetry.auditing) telemetry.emit({ type: 'invalidMessage', userId: this.user.id, connectionId: this.id, route: this.route.url, error, messageType })
+  }
+
+  #forbidden (messageType: string): void {
+    this.sendError(ERROR_MESSAGES.forbidden)
+    this.log.info({ forbidden: messageType, userId: this.user.id, connectionId: this.id }, 'websocket message forbidden')
+    const telemetry = this.#registry.telemetry
+    if (telemetry.auditing) telemetry.emit({ type: 'forbidden', userId: this.user.id, connectionId: this.id, route: this.route.url, messageType })
   }
 
   #receive (data: RawData, isBinary: boolean): void {
@@ -257,38 +299,39 @@ export class Connection implements SecureWsConnection {
       return
     }
     if (isBinary) {
-      this.sendError(ERROR_MESSAGES.binaryFrame)
+      this.#invalid('binaryFrame', ERROR_MESSAGES.binaryFrame)
       return
     }
     const envelope = parseEnvelope(frame)
     if (typeof envelope === 'string') {
-      this.sendError(envelope)
+      this.#invalid(ENVELOPE_ERRORS.get(envelope) ?? 'invalidEnvelope', envelope)
       return
     }
-    const message = route.messages.get(envelope.type)
+    const type = envelope.type
+    const message = route.messages.get(type)
     if (message === undefined) {
-      this.sendError(ERROR_MESSAGES.unknownType)
+      this.#invalid('unknownType', ERROR_MESSAGES.unknownType)
       return
     }
     const payload = envelope.payload
     if (message.check !== null && !message.check.Check(payload)) {
-      this.sendError(describeInvalidPayload(message.check, payload))
+      this.#invalid('invalidPayload', describeInvalidPayload(message.check, payload), type)
       return
     }
     for (const scope of message.scopes) {
       if (!this.user.scopes.includes(scope)) {
-        this.sendError(ERROR_MESSAGES.forbidden)
+        this.#forbidden(type)
         return
       }
     }
     if (message.authorize === undefined) {
       this.#run(message, payload)
     } else {
-      this.#authorizeThenRun(message, payload)
+      this.#authorizeThenRun(type, message, payload)
     }
   }
 
-  #authorizeThenRun (message: CompiledMessage, payload: unknown): void {
+  #authorizeThenRun (type: string, message: CompiledMessage, payload: unknown): void {
     let allowed: boolean | Promise<boolean>
     try {
       allowed = message.authorize!(this, payload)
@@ -300,11 +343,11 @@ export class Connection implements SecureWsConnection {
       this.#run(message, payload)
     } else if (isThenable(allowed)) {
       allowed.then(
-        (ok) => ok === true ? this.#run(message, payload) : this.sendError(ERROR_MESSAGES.forbidden),
+        (ok) => { if (ok === true) this.#run(message, payload); else this.#forbidden(type) },
         (err) => this.#failed(err)
       )
     } else {
-      this.sendError(ERROR_MESSAGES.forbidden)
+      this.#forbidden(type)
     }
   }
 
@@ -322,7 +365,15 @@ export class Connection implements SecureWsConnection {
     this.sendError(ERROR_MESSAGES.internal)
   }
 
-  #end (): void {
+  /** ws itself closed the connection for `kind` (a frame over its maxPayload): counted as the server's close. */
+  markClosedBy (kind: CloseKind, code: number): void {
+    if (this.#closedFor !== undefined) return
+    this.#closedFor = kind
+    this.#closeCode = code
+    this.#registry.telemetry.closedByServer(kind)
+  }
+
+  #end (code: number): void {
     if (this.#ended) return
     this.#ended = true
     this.#closing = true
@@ -335,6 +386,18 @@ export class Connection implements SecureWsConnection {
     } catch (err) {
       // Only a custom store can throw here; the connection is over either way.
       this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'store failed to release a message counter')
+    }
+    const telemetry = this.#registry.telemetry
+    if (telemetry.auditing) {
+      telemetry.emit({
+        type: 'closed',
+        kind: this.#closedFor ?? 'client',
+        code: this.#closedFor === undefined ? code : this.#closeCode,
+        userId: this.user.id,
+        connectionId: this.id,
+        route: this.route.url,
+        durationMs: Date.now() - this.#openedAt
+      })
     }
     if (this.route.onClose !== undefined) {
       const failed = (err: unknown): void => {

@@ -11,6 +11,7 @@ export const {
   redisStore,
   RedisStore,
   DEFAULT_LIMITS,
+  DEFAULT_SERVER_LIMITS,
   DEFAULT_CLOSE_REASONS,
   ERROR_MESSAGES,
   InvalidOptionError,

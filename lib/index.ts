@@ -9,6 +9,9 @@ import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } fr
 import { InvalidOptionError } from './errors.js'
 import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
 import { Registry, type SecureWsStats } from './registry.js'
+import { connectionOf } from './connection.js'
+import { registerPrometheusMetrics } from './prometheus.js'
+import { Telemetry } from './telemetry.js'
 import { declareRoute, kSecuredUpgrade } from './route.js'
 import { BEARER_PROTOCOL, takeQueryToken } from './token.js'
 import { UpgradeGuard } from './upgrade-guard.js'
@@ -22,10 +25,13 @@ export interface SecureWsApi {
   route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>>(options: SecureWsRouteOptions<S, O>): void
   /**
    * Sends an outbound message to every subscriber of `topic`, on every instance sharing the
-   * store; resolves with how many got it here. Rejects with `StoreUnavailableError` when the
-   * other instances could not be told (local subscribers have it already).
+   * store (only this one with `{ local: true }`: a feed every instance produces itself);
+   * resolves with how many got it here. Rejects with `StoreUnavailableError` when the other
+   * instances could not be told (local subscribers have it already). The body is serialised
+   * once per route; a subscriber that has stopped reading is cut off, never queued for
+   * past `maxBufferedBytes`.
    */
-  publish (topic: string, type: string, body: unknown): Promise<number>
+  publish (topic: string, type: string, body: unknown, options?: PublishOptions): Promise<number>
   /**
    * Closes every connection of `userId` on every instance sharing the store, by default with
    * 4403 `Disconnected by the server`; resolves with how many closed here. Rejects with
@@ -43,6 +49,11 @@ export interface SecureWsApi {
   revokeUser (userId: string, options?: RevokeOptions): Promise<number>
   /** Open connections, slots and timers, for monitoring and leak tests. */
   stats (): SecureWsStats
+}
+
+export interface PublishOptions {
+  /** Only this instance's subscribers. @default false */
+  local?: boolean
 }
 
 export interface RevokeOptions {
@@ -75,9 +86,11 @@ function validateRevocation (userId: unknown, options: unknown): void {
 
 const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (fastify, rawOptions) {
   const options = validateOptions(rawOptions)
-  const registry = new Registry(options.store, options.heartbeatIntervalMs, options.refusalGraceMs)
+  const telemetry = new Telemetry(options.audit, fastify.log)
+  const registry = new Registry(options.store, options.heartbeatIntervalMs, options.refusalGraceMs, telemetry)
   const store = options.store
-  const guard = new UpgradeGuard(options.serverLimits, store, () => registry.size)
+  const guard = new UpgradeGuard(options.serverLimits, store, () => registry.size, telemetry)
+  if (options.prometheus !== undefined) registerPrometheusMetrics(options.prometheus, () => registry.stats())
   store.init?.({
     log: fastify.log,
     deliver (event) {
@@ -123,7 +136,9 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
       // ws reports protocol errors (a frame over maxPayload, bad UTF-8) after it has sent its
       // own close; one warn line with the error code is enough, and the socket is done.
       errorHandler (error, socket, request) {
-        request.log.warn({ code: (error as NodeJS.ErrnoException).code, reason: error.message }, 'websocket protocol error; connection closed')
+        const code = (error as NodeJS.ErrnoException).code
+        request.log.warn({ code, reason: error.message }, 'websocket protocol error; connection closed')
+        if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') connectionOf(socket)?.markClosedBy('messageTooBig', 1009)
         socket.terminate()
       }
     })
@@ -166,9 +181,9 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
         route (routeOptions) {
           declareRoute(instance, routeOptions as unknown as Parameters<typeof declareRoute>[1], context)
         },
-        async publish (topic, type, body) {
+        async publish (topic, type, body, publishOptions) {
           const delivered = registry.publish(topic, type, body)
-          await store.broadcast?.({ kind: 'publish', topic, type, body })
+          if (publishOptions?.local !== true) await store.broadcast?.({ kind: 'publish', topic, type, body })
           return delivered
         },
         async disconnectUser (userId, code, reason) {
@@ -220,7 +235,8 @@ export { withoutQueryToken } from './token.js'
 export { memoryStore, MemoryStore, type MemoryStoreOptions } from './stores/memory.js'
 export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export type { SecureWsStore, MessageCounter, StoreStats, RateLimits, BroadcastEvent, StoreContext } from './stores/types.js'
-export { DEFAULT_LIMITS, type Limits, type SecureWsOptions, type SecureWsUser, type VerifyToken } from './options.js'
+export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS, type Limits, type ServerLimits, type SecureWsOptions, type SecureWsUser, type VerifyToken, type PrometheusRegistry } from './options.js'
+export type { SecureWsAuditEvent, AuditHook, TokenRefusal, InvalidMessageKind } from './telemetry.js'
 export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
 export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
 export type { JwtOptions, JwtClaims } from './token.js'

@@ -5,6 +5,7 @@ import { InvalidOptionError } from './errors.js'
 import { createOriginCheck, parseOrigin } from './origin.js'
 import { memoryStore } from './stores/memory.js'
 import type { SecureWsStore } from './stores/types.js'
+import type { AuditHook } from './telemetry.js'
 import { createJwtVerifier, type JwtOptions } from './token.js'
 
 /** Who is on a connection. Returned by `verifyToken`, bound to the connection for its life. */
@@ -131,6 +132,24 @@ export interface SecureWsOptions {
    * 30 s. @default 1000
    */
   refusalGraceMs?: number
+  /**
+   * Receives one event per refusal, connection, close, rate limit, forbidden or invalid
+   * message, refresh and lockout, for a SIEM or an audit log. Events never carry a token or a
+   * payload. Called synchronously; a hook that throws is logged and ignored.
+   */
+  audit?: AuditHook
+  /**
+   * Exposes the plugin's counters through prom-client (an optional peer dependency): give the
+   * prom-client `Registry` to register `secure_ws_connections`, `secure_ws_refusals_total`,
+   * `secure_ws_closes_total` and `secure_ws_messages_total` on (`register` for the default one).
+   */
+  prometheus?: { registry: PrometheusRegistry }
+}
+
+/** The part of a prom-client `Registry` the plugin uses (structural, so prom-client stays optional). */
+export interface PrometheusRegistry {
+  registerMetric (metric: never): void
+  getSingleMetric (name: string): unknown
 }
 
 /** The options every other module reads: complete, validated, frozen. */
@@ -148,9 +167,11 @@ export interface ResolvedOptions {
   /** 0 when the heartbeat is off. */
   readonly heartbeatIntervalMs: number
   readonly refusalGraceMs: number
+  readonly audit: AuditHook | undefined
+  readonly prometheus: PrometheusRegistry | undefined
 }
 
-const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs'])
+const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'audit', 'prometheus'])
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
 const SERVER_LIMIT_NAMES = Object.keys(DEFAULT_SERVER_LIMITS) as Array<keyof ServerLimits>
 // Server limits where 0 means off.
@@ -272,6 +293,11 @@ export function validateOptions (raw: unknown): ResolvedOptions {
     fail(`heartbeatIntervalMs must be 0 (off) or an integer from ${MIN_HEARTBEAT_INTERVAL_MS} to ${MAX_TIMER_MS}`)
   }
   if (raw.refusalGraceMs !== undefined && !(isPositiveInteger(raw.refusalGraceMs) && raw.refusalGraceMs <= MAX_TIMER_MS)) fail(`refusalGraceMs must be an integer from 1 to ${MAX_TIMER_MS}`)
+  if (raw.audit !== undefined && typeof raw.audit !== 'function') fail('audit must be a function (event) => void')
+  const prometheus = raw.prometheus as { registry?: unknown } | undefined
+  if (prometheus !== undefined && !(isPlainObject(prometheus) && typeof (prometheus.registry as PrometheusRegistry | undefined)?.registerMetric === 'function')) {
+    fail('prometheus must be { registry } with a prom-client Registry (for example prom-client\'s register)')
+  }
   const { verifyToken, expiryGraceMs } = validateVerifier(raw)
   const allLimits = validateLimits(raw.limits, 'limits', true)
   return Object.freeze({
@@ -285,7 +311,9 @@ export function validateOptions (raw: unknown): ResolvedOptions {
     rejectWith: (raw.rejectWith ?? 'close') as 'close' | 'http',
     shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number,
     heartbeatIntervalMs: (heartbeat ?? DEFAULT_HEARTBEAT_INTERVAL_MS) as number,
-    refusalGraceMs: (raw.refusalGraceMs ?? DEFAULT_REFUSAL_GRACE_MS) as number
+    refusalGraceMs: (raw.refusalGraceMs ?? DEFAULT_REFUSAL_GRACE_MS) as number,
+    audit: raw.audit as AuditHook | undefined,
+    prometheus: prometheus?.registry as PrometheusRegistry | undefined
   })
 }
 

@@ -5,6 +5,7 @@ import { HangUps } from './hang-up.js'
 import { addTo, removeFrom, sizes } from './keyed-sets.js'
 import type { Connection } from './connection.js'
 import type { SecureWsStore, StoreStats } from './stores/types.js'
+import type { Telemetry } from './telemetry.js'
 
 /** What `fastify.secureWs.stats()` reports; every count drops back once connections end. */
 export interface SecureWsStats {
@@ -18,6 +19,12 @@ export interface SecureWsStats {
   timers: number
   /** Sockets the server closed or refused whose peer has not closed its side yet (each gone within `refusalGraceMs`). */
   closing: number
+  /** Upgrades refused, by refusal (every kind listed from 0). */
+  refusals: Record<string, number>
+  /** Admitted connections the server closed, by why (every kind listed from 0); closes the client started are not counted. */
+  closes: Record<string, number>
+  /** Inbound frames on admitted connections, valid or not (not those refused for their size). */
+  messages: number
   /** The store's own holdings. */
   store: StoreStats
 }
@@ -51,8 +58,11 @@ export class Registry {
    * `heartbeatIntervalMs`: how often every connection is pinged, 0 for never;
    * `refusalGraceMs`: how long a socket the server closed may take to close its side.
    */
-  constructor (store: SecureWsStore, heartbeatIntervalMs: number, refusalGraceMs: number) {
+  readonly telemetry: Telemetry
+
+  constructor (store: SecureWsStore, heartbeatIntervalMs: number, refusalGraceMs: number, telemetry: Telemetry) {
     this.#store = store
+    this.telemetry = telemetry
     this.#heartbeatIntervalMs = heartbeatIntervalMs
     this.heartbeats = heartbeatIntervalMs > 0
     this.#hangUps = new HangUps(refusalGraceMs)
@@ -238,6 +248,6 @@ export class Registry {
   }
 
   stats (): SecureWsStats {
-    return { connections: this.#connections.size, users: sizes(this.#byUser), topics: this.#byTopic.size, timers: this.#expiring.size, closing: this.#hangUps.size, store: this.#store.stats() }
+    return { connections: this.#connections.size, users: sizes(this.#byUser), topics: this.#byTopic.size, timers: this.#expiring.size, closing: this.#hangUps.size, refusals: { ...this.telemetry.refusals }, closes: { ...this.telemetry.closes }, messages: this.telemetry.messages, store: this.#store.stats() }
   }
 }

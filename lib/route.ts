@@ -99,7 +99,10 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
     if (early !== undefined) {
       if (HTTP_ONLY_REFUSALS.has(early.kind)) {
         // Not logged: one line went out when the address was locked out, and a flood must
-        // not turn into a flood of log lines.
+        // not turn into a flood of log lines. Counted, and audited when the app listens.
+        const telemetry = registry.telemetry
+        if (telemetry.auditing) telemetry.refused({ type: 'refused', kind: early.kind, ip, origin: request.headers.origin, route: route.url })
+        else telemetry.refusals[early.kind]!++
         const { status, reason } = route.closeReasons[early.kind]
         reply.code(status).header('retry-after', String(early.retryAfter ?? 1)).send({ statusCode: status, code: early.kind, message: reason })
         return
@@ -115,14 +118,16 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   function decided (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, admission: Admission): void {
     if (!admission.admitted) {
       const kind = admission.kind
+      const { userId, tokenRefusal } = admission
       if (kind === 'authUnavailable') {
         guard.verifierFailed(admission.err, request.log)
         request.log.warn({ refusal: kind, ip: request.ip }, 'websocket connection refused')
       } else {
         if (kind !== 'originNotAllowed' && kind !== 'shuttingDown' && kind !== 'serverFull') guard.verifierAnswered(request.log)
-        request.log.warn({ refusal: kind, userId: admission.userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
+        request.log.warn({ refusal: kind, tokenRefusal, userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
         if (kind === 'invalidToken') guard.authFailed(request.ip, request.log)
       }
+      registry.telemetry.refused({ type: 'refused', kind, userId, ip: request.ip, origin: request.headers.origin, route: route.url, tokenRefusal })
       if (options.rejectWith === 'http') {
         const { status, reason } = route.closeReasons[kind]
         reply.code(status).send({ statusCode: status, code: kind, message: reason })
@@ -194,6 +199,8 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       connection.closeFor('shuttingDown')
       return
     }
+    const telemetry = registry.telemetry
+    if (telemetry.auditing) telemetry.emit({ type: 'connected', userId: connection.user.id, connectionId: connection.id, ip: request.ip, origin: request.headers.origin, route: route.url })
     if (route.onConnect !== undefined) {
       const failed = (err: unknown): void => {
         connection.log.error({ err, userId: connection.user.id, connectionId: connection.id }, 'websocket onConnect hook failed')

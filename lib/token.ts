@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
 import { createVerifier, type Algorithm } from 'fast-jwt'
 import type { SecureWsUser, VerifyToken } from './options.js'
+import type { TokenRefusal } from './telemetry.js'
 
 /** Where the query-string token waits once it has been cut out of the request URL. */
 export const kQueryToken = Symbol('fastify-secure-ws.queryToken')
@@ -102,6 +103,31 @@ export function readToken (request: FastifyRequest): string | undefined {
   return undefined
 }
 
+// fast-jwt's error codes, as the refusal reason a log line and an audit event carry.
+const FAST_JWT_REFUSALS: Readonly<Record<string, TokenRefusal>> = {
+  FAST_JWT_EXPIRED: 'expired',
+  FAST_JWT_INACTIVE: 'notYetValid',
+  FAST_JWT_INVALID_SIGNATURE: 'badSignature',
+  FAST_JWT_INVALID_ALGORITHM: 'algorithm',
+  FAST_JWT_MALFORMED: 'malformed',
+  FAST_JWT_INVALID_TYPE: 'malformed',
+  FAST_JWT_INVALID_PAYLOAD: 'malformed',
+  FAST_JWT_MISSING_REQUIRED_CLAIM: 'claims',
+  FAST_JWT_INVALID_CLAIM_TYPE: 'claims',
+  FAST_JWT_INVALID_CLAIM_VALUE: 'claims',
+  FAST_JWT_MISSING_SIGNATURE: 'badSignature'
+}
+
+/** The `jwt` option's verifier also says why it refused its last token (it runs synchronously). */
+export interface ExplainedVerifier extends VerifyToken {
+  refusal?: TokenRefusal
+}
+
+/** Why `verifyToken` just refused a token: the `jwt` verifier says, a custom one only "rejected". */
+export function refusalOf (verifyToken: VerifyToken): TokenRefusal {
+  return (verifyToken as ExplainedVerifier).refusal ?? 'rejected'
+}
+
 function scopesOf (claims: JwtClaims): string[] {
   const scope = claims.scope
   if (typeof scope === 'string') {
@@ -162,25 +188,31 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
   // held when the token was verified, and time only moves on.
   const verified = new Map<string, { user: SecureWsUser, expiresAt: number }>()
 
-  return { verifyToken: verifyJwt, expiryGraceMs: tolerance }
+  const explained = verifyJwt as ExplainedVerifier
+  return { verifyToken: explained, expiryGraceMs: tolerance }
+
+  function refuse (refusal: TokenRefusal): null {
+    explained.refusal = refusal
+    return null
+  }
 
   function verifyJwt (token: string): SecureWsUser | null {
     const cached = verified.get(token)
     if (cached !== undefined) {
       if (Date.now() <= cached.expiresAt) return cached.user
       verified.delete(token)
-      return null
+      return refuse('expired')
     }
     let claims: JwtClaims
     try {
       claims = verify(token)
-    } catch {
-      return null
+    } catch (err) {
+      return refuse(FAST_JWT_REFUSALS[(err as { code?: string }).code ?? ''] ?? 'invalid')
     }
     // fast-jwt checks `iat` only together with maxAge; a token issued in the future is forged or skewed.
-    if (claims.iat !== undefined && (typeof claims.iat !== 'number' || claims.iat * 1000 > Date.now() + tolerance)) return null
+    if (claims.iat !== undefined && (typeof claims.iat !== 'number' || claims.iat * 1000 > Date.now() + tolerance)) return refuse('issuedInFuture')
     const mapped = toUser(claims)
-    if (mapped === null || mapped === undefined) return null
+    if (mapped === null || mapped === undefined) return refuse('claims')
     // One user object may now serve many connections, so none of them can change it.
     // `expiresAt` is `exp` itself; the clock tolerance is applied where it is checked (expiryGraceMs).
     // Copied by rest destructuring, not by a spread: in optimised code V8 gives every frozen

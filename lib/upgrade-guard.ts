@@ -3,6 +3,7 @@ import type { CloseKind } from './close-codes.js'
 import { isThenable } from './admission.js'
 import type { ServerLimits } from './options.js'
 import type { SecureWsStore } from './stores/types.js'
+import type { Telemetry } from './telemetry.js'
 
 /** A refusal decided before any check of the upgrade itself. */
 export interface EarlyRefusal {
@@ -25,7 +26,10 @@ export class UpgradeGuard {
   /** Whether `verifyToken` is failing, so the outage is logged once, not per upgrade. */
   #verifierDown = false
 
-  constructor (limits: Readonly<ServerLimits>, store: SecureWsStore, openConnections: () => number) {
+  readonly #telemetry: Telemetry
+
+  constructor (limits: Readonly<ServerLimits>, store: SecureWsStore, openConnections: () => number, telemetry: Telemetry) {
+    this.#telemetry = telemetry
     this.#limits = limits
     this.#store = store
     this.#openConnections = openConnections
@@ -71,7 +75,10 @@ export class UpgradeGuard {
     if (limit === 0) return
     const wasLocked = this.#store.lockedOutUntil(ip) > 0
     const locked = (until: number): void => {
-      if (until > 0 && !wasLocked) log.warn({ ip, failures: limit, lockedOutForS: Math.ceil((until - Date.now()) / 1000) }, 'client address locked out after failed authentications')
+      if (until <= 0 || wasLocked) return
+      const lockedOutForS = Math.ceil((until - Date.now()) / 1000)
+      log.warn({ ip, failures: limit, lockedOutForS }, 'client address locked out after failed authentications')
+      this.#telemetry.emit({ type: 'lockedOut', ip, lockedOutForS })
     }
     let result: number | Promise<number>
     try {

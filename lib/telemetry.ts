@@ -1,0 +1,96 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { CloseKind } from './close-codes.js'
+
+/** Why a token was refused: in the refusal's log line and audit event, never in a close frame. */
+export type TokenRefusal =
+  | 'missing' | 'malformed' | 'badSignature' | 'algorithm' | 'expired' | 'notYetValid'
+  | 'issuedInFuture' | 'claims' | 'rejected' | 'revoked' | 'otherUser' | 'invalid'
+
+/** Why an inbound message was answered with an error frame; never its payload. */
+export type InvalidMessageKind = 'invalidJson' | 'forbiddenKey' | 'binaryFrame' | 'invalidEnvelope' | 'unknownType' | 'invalidPayload'
+
+/**
+ * What the `audit` option receives, one event per thing that happened. Events name the user
+ * (when known), the client address, the route and the connection; never a token, a payload
+ * or a session's data.
+ */
+export type SecureWsAuditEvent =
+  | { type: 'refused', kind: CloseKind, userId?: string, ip: string, origin?: string, route: string, tokenRefusal?: TokenRefusal }
+  | { type: 'connected', userId: string, connectionId: string, ip: string, origin?: string, route: string }
+  | {
+    type: 'closed'
+    /** What the server closed it for, or `client` when the client (or the network) ended it. */
+    kind: CloseKind | 'client'
+    code: number
+    userId: string
+    connectionId: string
+    route: string
+    durationMs: number
+  }
+  | { type: 'rateLimited', userId: string, connectionId: string, route: string }
+  | { type: 'forbidden', userId: string, connectionId: string, route: string, messageType: string }
+  | { type: 'invalidMessage', userId: string, connectionId: string, route: string, error: InvalidMessageKind, messageType?: string }
+  | { type: 'refreshed', userId: string, connectionId: string, route: string }
+  | { type: 'lockedOut', ip: string, lockedOutForS: number }
+
+export type AuditHook = (event: SecureWsAuditEvent) => void
+
+/** Refusals counted in `stats().refusals`, each from 0. */
+export const REFUSAL_KINDS = [
+  'originNotAllowed', 'invalidToken', 'accessDenied', 'tooManyConnections', 'storeUnavailable',
+  'tooManyAuthFailures', 'tooManyPendingUpgrades', 'authUnavailable', 'serverFull', 'internalError', 'shuttingDown'
+] as const satisfies readonly CloseKind[]
+
+/** Server-side closes of admitted connections counted in `stats().closes`, each from 0. */
+export const CLOSE_KINDS = [
+  'rateLimited', 'messageTooBig', 'tokenExpired', 'loggedOut', 'disconnected', 'heartbeatTimeout',
+  'slowConsumer', 'shuttingDown', 'internalError', 'storeUnavailable', 'authUnavailable'
+] as const satisfies readonly CloseKind[]
+
+function zeroes<K extends string> (kinds: readonly K[]): Record<K, number> {
+  const counts = {} as Record<K, number>
+  for (const kind of kinds) counts[kind] = 0
+  return counts
+}
+
+/**
+ * The plugin's counters and the app's audit hook. Counting is a field increment, so the
+ * per-message path pays nothing else; events are built only when the app listens.
+ */
+export class Telemetry {
+  readonly refusals = zeroes<CloseKind>(REFUSAL_KINDS)
+  readonly closes = zeroes<CloseKind>(CLOSE_KINDS)
+  /** Inbound frames on admitted connections, valid or not (not those refused for their size). */
+  messages = 0
+  readonly #audit: AuditHook | undefined
+  readonly #log: FastifyBaseLogger
+
+  constructor (audit: AuditHook | undefined, log: FastifyBaseLogger) {
+    this.#audit = audit
+    this.#log = log
+  }
+
+  /** Whether anyone listens for events: callers skip building them otherwise. */
+  get auditing (): boolean {
+    return this.#audit !== undefined
+  }
+
+  refused (event: Extract<SecureWsAuditEvent, { type: 'refused' }>): void {
+    this.refusals[event.kind] = (this.refusals[event.kind] ?? 0) + 1
+    this.emit(event)
+  }
+
+  closedByServer (kind: CloseKind): void {
+    this.closes[kind] = (this.closes[kind] ?? 0) + 1
+  }
+
+  /** Hands `event` to the audit hook; a hook that throws is logged, never let through. */
+  emit (event: SecureWsAuditEvent): void {
+    if (this.#audit === undefined) return
+    try {
+      this.#audit(event)
+    } catch (err) {
+      this.#log.error({ err, event: event.type }, 'fastify-secure-ws: audit hook failed')
+    }
+  }
+}

@@ -314,7 +314,13 @@ export class Connection implements SecureWsConnection {
       return
     }
     const payload = envelope.payload
-    if (message.check !== null && !message.check.Check(payload)) {
+    if (message.check === null) {
+      // Declared without a schema: the handler is typed to get nothing, so it gets nothing unchecked.
+      if (payload !== undefined) {
+        this.#invalid('invalidPayload', ERROR_MESSAGES.noPayload, type)
+        return
+      }
+    } else if (!message.check.Check(payload)) {
       this.#invalid('invalidPayload', describeInvalidPayload(message.check, payload), type)
       return
     }

@@ -14,6 +14,7 @@ export const ERROR_MESSAGES = {
   invalidEnvelope: 'A message must be a JSON object with a string "type"',
   unknownType: 'Unknown message type',
   invalidPayload: 'Invalid payload',
+  noPayload: 'Invalid payload: this message takes no payload',
   forbidden: 'Forbidden',
   rateLimited: 'Rate limit exceeded. Connection closed.',
   internal: 'Internal server error'

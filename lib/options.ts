@@ -2,6 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Algorithm } from 'fast-jwt'
 import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason, type CloseKind, type CloseReason, type CloseReasons } from './close-codes.js'
 import { InvalidOptionError } from './errors.js'
+import { closestName, refuseUnknownKeys } from './known-keys.js'
 import { createOriginCheck, parseOrigin } from './origin.js'
 import { memoryStore } from './stores/memory.js'
 import type { SecureWsStore } from './stores/types.js'
@@ -171,7 +172,9 @@ export interface ResolvedOptions {
   readonly prometheus: PrometheusRegistry | undefined
 }
 
-const KNOWN_OPTIONS = new Set(['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'audit', 'prometheus'])
+const KNOWN_OPTIONS = ['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'audit', 'prometheus']
+// Fastify hands its own register options to the plugin with ours.
+const FASTIFY_REGISTER_OPTIONS = ['prefix', 'logLevel', 'logSerializers']
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
 const SERVER_LIMIT_NAMES = Object.keys(DEFAULT_SERVER_LIMITS) as Array<keyof ServerLimits>
 // Server limits where 0 means off.
@@ -201,7 +204,8 @@ export function validateLimits (value: unknown, where: string, serverWide = fals
   for (const name of Object.keys(value)) {
     if (!known.includes(name)) {
       if (SERVER_LIMIT_NAMES.includes(name as keyof ServerLimits)) fail(`${where}.${name} is server-wide: set it in the plugin's limits, not a route's`)
-      fail(`${where}.${name} is not a known limit (expected one of ${known.join(', ')})`)
+      const hint = closestName(name, known)
+      fail(`${where}.${name} is not a known limit (${hint === undefined ? `expected one of ${known.join(', ')}` : `did you mean ${where}.${hint}?`})`)
     }
     const limit = value[name]
     if (ZERO_TURNS_OFF.has(name)) {
@@ -224,6 +228,7 @@ function validateOrigins (value: unknown): string[] {
     fail('origins is required: a non-empty array of exact origins such as "https://app.example.com"')
   }
   return value.map((entry, i) => {
+    if (typeof entry === 'string' && entry.includes('*')) fail(`origins[${i}]: wildcards are not supported; list every origin that may connect (for example "https://app.example.com", "https://admin.example.com")`)
     const origin = typeof entry === 'string' ? parseOrigin(entry) : null
     if (origin === null) fail(`origins[${i}] must be an origin of the form scheme://host[:port]`)
     return origin
@@ -239,7 +244,11 @@ function validateCloseReasons (value: unknown): CloseReasons {
   }
   for (const [kind, override] of Object.entries(value)) {
     const entry = merged[kind]
-    if (entry === undefined) fail(`closeReasons.${kind} is not a known refusal (expected one of ${Object.keys(merged).join(', ')})`)
+    if (entry === undefined) {
+      const hint = closestName(kind, Object.keys(merged))
+      fail(`closeReasons.${kind} is not a known refusal (${hint === undefined ? `expected one of ${Object.keys(merged).join(', ')}` : `did you mean closeReasons.${hint}?`})`)
+    }
+    refuseUnknownKeys(isPlainObject(override) ? override : {}, ['code', 'reason', 'status'], `closeReasons.${kind}.`)
     if (!isPlainObject(override)) fail(`closeReasons.${kind} must be an object`)
     if (override.code !== undefined) {
       if (typeof override.code !== 'number' || !isSendableCloseCode(override.code)) fail(`closeReasons.${kind}.code must be a close code a server may send (1000-1014 except 1004-1006, or 3000-4999)`)
@@ -281,9 +290,7 @@ function validateVerifier (options: Record<string, unknown>): { verifyToken: Ver
 /** Checks every option once, at registration, and returns the frozen set the plugin runs on. */
 export function validateOptions (raw: unknown): ResolvedOptions {
   if (!isPlainObject(raw)) fail('options must be an object')
-  for (const name of Object.keys(raw)) {
-    if (!KNOWN_OPTIONS.has(name)) fail(`${name} is not a known option`)
-  }
+  refuseUnknownKeys(raw, [...KNOWN_OPTIONS, ...FASTIFY_REGISTER_OPTIONS], '')
   const origins = validateOrigins(raw.origins)
   if (raw.allowMissingOrigin !== undefined && typeof raw.allowMissingOrigin !== 'boolean') fail('allowMissingOrigin must be a boolean')
   if (raw.rejectWith !== undefined && raw.rejectWith !== 'close' && raw.rejectWith !== 'http') fail('rejectWith must be "close" or "http"')

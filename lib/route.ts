@@ -5,6 +5,7 @@ import { admit, isThenable, type Admission, type Admitted } from './admission.js
 import { HTTP_ONLY_REFUSALS, type CloseReasons } from './close-codes.js'
 import { Connection } from './connection.js'
 import { InvalidRouteError } from './errors.js'
+import { refuseUnknownKeys } from './known-keys.js'
 import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
 import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
 import type { Registry } from './registry.js'
@@ -44,12 +45,15 @@ export interface RouteContext {
   readonly onDeclared: (limits: Readonly<Limits>) => void
 }
 
+const ROUTE_OPTIONS = ['url', 'resolveSession', 'messages', 'outbound', 'limits', 'onConnect', 'onClose']
+
 // Limits that, once a route changes them, make it count slots and messages on its own.
 const SHARED_LIMITS = ['connectionsPerUser', 'messagesPerSecond', 'messagesPerMinute'] as const
 
 export function compileRoute (def: SecureWsRouteOptions<SessionBase, OutboundSchemas>, fullUrl: string, options: ResolvedOptions): CompiledRoute {
   if (typeof def !== 'object' || def === null) throw new InvalidRouteError('route options must be an object')
   if (typeof def.url !== 'string' || def.url === '') throw new InvalidRouteError('url must be a non-empty string')
+  refuseUnknownKeys(def, ROUTE_OPTIONS, '', InvalidRouteError, `${def.url}: `)
   if (typeof def.resolveSession !== 'function') throw new InvalidRouteError(`${def.url}: resolveSession is required: every connection must be bound to a session its user owns`)
   if (def.onConnect !== undefined && typeof def.onConnect !== 'function') throw new InvalidRouteError(`${def.url}: onConnect must be a function`)
   if (def.onClose !== undefined && typeof def.onClose !== 'function') throw new InvalidRouteError(`${def.url}: onClose must be a function`)

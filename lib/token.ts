@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
 import { createVerifier, type Algorithm } from 'fast-jwt'
 import type { SecureWsUser, VerifyToken } from './options.js'
+import { refuseUnknownKeys } from './known-keys.js'
 import type { TokenRefusal } from './telemetry.js'
 
 /** Where the query-string token waits once it has been cut out of the request URL. */
@@ -154,6 +155,7 @@ function isStringList (value: unknown): value is string | string[] {
 export function createJwtVerifier (raw: unknown, fail: (message: string) => never): { verifyToken: VerifyToken, expiryGraceMs: number } {
   if (typeof raw !== 'object' || raw === null) fail('jwt must be an object with key and algorithms')
   const jwt = raw as Partial<JwtOptions>
+  refuseUnknownKeys(jwt, ['key', 'algorithms', 'issuer', 'audience', 'clockToleranceMs', 'cacheSize', 'user'], 'jwt.')
   if (!(typeof jwt.key === 'string' || Buffer.isBuffer(jwt.key)) || jwt.key.length === 0) fail('jwt.key must be a non-empty string or Buffer')
   // fast-jwt accepts a bare string here and then trusts whatever the key allows, so check it ourselves.
   if (!Array.isArray(jwt.algorithms) || jwt.algorithms.length === 0 || !jwt.algorithms.every((a) => ALGORITHMS.includes(a))) {

@@ -159,3 +159,18 @@ t.test('messages declared with the function form behave like the object form', a
   t.strictSame(await c.next(), { type: 'error', message: 'Invalid JSON' })
   await stillOpen(t, c)
 })
+
+// Found by the fuzzer: a handler typed to receive `undefined` was handed the client's JSON unchecked.
+t.test('a message declared without a payload schema refuses a payload instead of passing it unchecked', async (t) => {
+  const seen: unknown[] = []
+  const c = await alice(t, {
+    outbound: { pong: Type.Object({}) },
+    messages: (message) => ({ ping: message((conn, payload) => { seen.push(payload); conn.send('pong', {}) }) })
+  })
+  for (const payload of [{ admin: true }, null, 0, '', []]) {
+    c.send({ type: 'ping', payload })
+    t.strictSame(await c.next(), { type: 'error', message: 'Invalid payload: this message takes no payload' }, JSON.stringify(payload))
+  }
+  await stillOpen(t, c)
+  t.strictSame(seen, [undefined], 'the handler only ever saw the message without a payload')
+})

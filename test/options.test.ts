@@ -58,11 +58,17 @@ const BAD: BadCase[] = [
   { name: 'an origin with a path', options: { origins: ['https://app.example.com/app'], jwt: JWT }, message: 'origins[0] must be an origin of the form scheme://host[:port]' },
   { name: 'an origin with a trailing slash', options: { origins: [ORIGIN, 'https://app.example.com/'], jwt: JWT }, message: 'origins[1] must be an origin of the form scheme://host[:port]' },
   { name: 'the origin "null"', options: { origins: ['null'], jwt: JWT }, message: 'origins[0] must be an origin of the form scheme://host[:port]' },
-  { name: 'a wildcard origin', options: { origins: ['*'], jwt: JWT }, message: 'origins[0] must be an origin of the form scheme://host[:port]' },
+  { name: 'a wildcard origin', options: { origins: ['*'], jwt: JWT }, message: 'origins[0]: wildcards are not supported; list every origin that may connect (for example "https://app.example.com", "https://admin.example.com")' },
+  { name: 'a wildcard subdomain origin', options: { origins: [ORIGIN, 'https://*.example.com'], jwt: JWT }, message: /^origins\[1\]: wildcards are not supported/ },
+  { name: 'a typo inside jwt (iss for issuer)', options: { ...VALID, jwt: { ...JWT, iss: 'https://id.example.com' } }, message: /^jwt\.iss is not a known option \(expected one of key, algorithms, issuer/ },
+  { name: 'a near typo inside jwt', options: { ...VALID, jwt: { ...JWT, isuer: 'https://id.example.com' } }, message: 'jwt.isuer is not a known option; did you mean jwt.issuer?' },
+  { name: 'a typo in a limit', options: { ...VALID, limits: { messagesPerSecnd: 3 } }, message: 'limits.messagesPerSecnd is not a known limit (did you mean limits.messagesPerSecond?)' },
+  { name: 'a typo inside closeReasons', options: { ...VALID, closeReasons: { invalidToken: { reasn: 'x' } } }, message: 'closeReasons.invalidToken.reasn is not a known option; did you mean closeReasons.invalidToken.reason?' },
   { name: 'an origin that is not a string', options: { origins: [42], jwt: JWT }, message: 'origins[0] must be an origin of the form scheme://host[:port]' },
   { name: 'an unknown limit name', options: { ...VALID, limits: { connectionsPerUsr: 3 } }, message: /^limits\.connectionsPerUsr is not a known limit/ },
   { name: 'limits not an object', options: { ...VALID, limits: 5 }, message: 'limits must be an object' },
-  { name: 'an unknown top-level option', options: { ...VALID, allowedOrigins: [ORIGIN] }, message: 'allowedOrigins is not a known option' },
+  { name: 'an unknown top-level option', options: { ...VALID, allowedOrigins: [ORIGIN] }, message: /^allowedOrigins is not a known option \(expected one of origins, allowMissingOrigin/ },
+  { name: 'a near typo of an option', options: { ...VALID, heartbeatIntervalMS: 10 }, message: 'heartbeatIntervalMS is not a known option; did you mean heartbeatIntervalMs?' },
   { name: 'neither verifyToken nor jwt', options: { origins: [ORIGIN] }, message: 'verifyToken or jwt is required: every connection must be authenticated' },
   { name: 'both verifyToken and jwt', options: { ...VALID, verifyToken: () => null }, message: 'give either verifyToken or jwt, not both' },
   { name: 'verifyToken not a function', options: { origins: [ORIGIN], verifyToken: 'secret' }, message: /^verifyToken must be a function/ },
@@ -126,6 +132,7 @@ t.test('valid options register (the baseline every failure below differs from)',
     refusalGraceMs: 50
   }), null)
   t.equal(await registrationError(t, { ...VALID, limits: { authFailuresPerMinute: 0, maxConnections: 0, pendingUpgradesPerIp: 1, maxBufferedBytes: 1 } }), null, '0 turns the lockout and the connection cap off')
+  t.equal(await registrationError(t, { ...VALID, logLevel: 'warn', prefix: '/x' }), null, 'Fastify\'s own register options are accepted')
   for (const heartbeatIntervalMs of [100, 2 ** 31 - 1]) {
     t.equal(await registrationError(t, { ...VALID, heartbeatIntervalMs }), null, `heartbeatIntervalMs ${heartbeatIntervalMs}`)
   }
@@ -175,6 +182,20 @@ t.test('route validation', async (t) => {
     t.throws(() => app.secureWs.route(testRoute({ url: '/bad-limit', limits: { connectionsPerUser: 0 } })), {
       code: 'FST_SECURE_WS_INVALID_ROUTE',
       message: '/bad-limit: limits.connectionsPerUser must be a positive integer'
+    })
+  })
+
+  t.test('an unknown route option is refused with the closest known one', async (t) => {
+    t.throws(() => app.secureWs.route({ ...testRoute({ url: '/typo' }), onconnect: () => {} } as unknown as ReturnType<typeof testRoute>), {
+      code: 'FST_SECURE_WS_INVALID_ROUTE',
+      message: '/typo: onconnect is not a known option; did you mean onConnect?'
+    })
+  })
+
+  t.test('a server-wide limit on a route is refused, saying where it belongs', async (t) => {
+    t.throws(() => app.secureWs.route(testRoute({ url: '/server-limit', limits: { maxConnections: 3 } as never })), {
+      code: 'FST_SECURE_WS_INVALID_ROUTE',
+      message: "/server-limit: limits.maxConnections is server-wide: set it in the plugin's limits, not a route's"
     })
   })
 

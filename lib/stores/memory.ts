@@ -1,5 +1,6 @@
 import { AuthFailureLog } from '../auth-failures.js'
 import { InvalidOptionError } from '../errors.js'
+import { refuseUnknownKeys } from '../known-keys.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { Revocations } from '../revocations.js'
 import type { RateLimits } from '../rate-window.js'
@@ -43,6 +44,8 @@ export class MemoryStore implements SecureWsStore {
   #sweeper: NodeJS.Timeout | undefined
 
   constructor (options: MemoryStoreOptions = {}) {
+    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('memoryStore: options must be an object')
+    refuseUnknownKeys(options, ['sweepIntervalMs', 'now'], '', InvalidOptionError, 'memoryStore: ')
     this.#now = options.now ?? Date.now
     this.#sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS
     if (!(Number.isInteger(this.#sweepIntervalMs) && this.#sweepIntervalMs > 0)) {

@@ -44,7 +44,8 @@ const ERROR_MESSAGES = {
   binaryFrame: 'Binary frames are not supported',
   invalidEnvelope: 'A message must be a JSON object with a string "type"',
   unknownType: 'Unknown message type',
-  invalidPayload: 'Invalid payload'
+  invalidPayload: 'Invalid payload',
+  noPayload: 'Invalid payload: this message takes no payload'
 } as const
 export const RATE_LIMITED_MESSAGE = 'Rate limit exceeded. Connection closed.'
 
@@ -102,9 +103,12 @@ export function expectedOutcome (frame: Frame): Expected {
   const { type, payload } = value as { type?: unknown, payload?: unknown }
   if (typeof type !== 'string') return error('error:invalid-envelope', ERROR_MESSAGES.invalidEnvelope)
   if (!Object.hasOwn(DECLARED, type)) return error('error:unknown-type', ERROR_MESSAGES.unknownType)
-  // `ping` is declared without a schema; the plugin lets any payload through to it (the
-  // handler's own check reports that), so its reply is the handler's.
-  const schema = type === 'ping' ? undefined : DECLARED[type]
+  // `ping` is declared without a schema: it takes no payload at all.
+  if (type === 'ping') {
+    if (payload !== undefined) return error('error:invalid-payload', ERROR_MESSAGES.noPayload)
+    return { kind: 'reply', reply: { type: 'accepted', of: type, payload: 'undefined' } }
+  }
+  const schema = DECLARED[type]
   if (schema !== undefined && !Value.Check(schema, payload)) {
     const first = Value.Errors(schema, payload).First()
     const where = first === undefined ? '' : `: ${first.path === '' ? '/' : first.path} ${first.message}`

@@ -18,6 +18,12 @@ export const InvalidRouteError = createError<[string]>(
   '%s'
 )
 
+/** Thrown by `register(@fastify/websocket)` after the plugin registered it itself. */
+export const RegistrationOrderError = createError<[]>(
+  'FST_SECURE_WS_REGISTRATION_ORDER',
+  'fastify-secure-ws already registered @fastify/websocket; register @fastify/websocket before fastify-secure-ws, and the plugin uses yours with its options'
+)
+
 /** Raised by a store that cannot reach its backend; admission refuses with `storeUnavailable`. */
 export const StoreUnavailableError = createError<[string]>(
   'FST_SECURE_WS_STORE_UNAVAILABLE',

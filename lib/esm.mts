@@ -17,6 +17,7 @@ export const {
   InvalidOptionError,
   InvalidEnvError,
   InvalidRouteError,
-  StoreUnavailableError
+  StoreUnavailableError,
+  RegistrationOrderError
 } = cjs
 export type * from './index.js'

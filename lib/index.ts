@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError, RegistrationOrderError } from './errors.js'
 import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
 import { Registry, type SecureWsStats } from './registry.js'
 import { connectionOf } from './connection.js'
@@ -103,15 +103,6 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   })
   let largestPayload = options.limits.maxPayloadBytes
 
-  // Fastify logs each request's URL before any hook runs, so `?token=` must be cut out
-  // before the upgrade even reaches Fastify's router. Once the plugin is closing, this
-  // listener answers every upgrade itself: Fastify's own 503 for a closing server never
-  // ends an upgrade's socket, and @fastify/websocket stops listening before the server closes.
-  function onUpgrade (request: IncomingMessage, socket: Duplex): void {
-    takeQueryToken(request)
-    if (registry.closing) refuseLateUpgrade(socket)
-  }
-  fastify.server.prependListener('upgrade', onUpgrade)
 
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than 1005.
   fastify.addHook('preClose', async () => {
@@ -126,7 +117,6 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
     server.once('close', () => { clearTimeout(cutOff) })
   })
   fastify.addHook('onClose', async () => {
-    fastify.server.removeListener('upgrade', onUpgrade)
     await store.close()
   })
 
@@ -142,23 +132,44 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
         socket.terminate()
       }
     })
+    refuseLaterWebsocketRegistration(fastify)
   } else if ((fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD) > largestPayload) {
     fastify.log.warn({ maxPayload: fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD }, 'fastify-secure-ws: @fastify/websocket buffers frames larger than limits.maxPayloadBytes before they are refused; lower its maxPayload')
   }
   const wss = fastify.websocketServer
 
+  // @fastify/websocket hands every upgrade it receives, on whichever server it listens
+  // (Fastify's, or the app's own `options.server`), to `fastify.routing`. Fastify logs the
+  // request's URL there before any hook runs, so `?token=` is cut out first. Once the plugin
+  // is closing, the upgrade is answered here: Fastify's own 503 for a closing server would
+  // never end an upgrade's socket.
+  const routeRequest = fastify.routing
+  fastify.routing = function routeUpgrade (this: unknown, request, reply) {
+    takeQueryToken(request)
+    if (registry.closing) return refuseLateUpgrade(request.socket)
+    return routeRequest.call(this, request, reply)
+  }
+
   // The client offers `bearer, <token>`; answering `bearer` completes the handshake even
   // when the token then fails (so the client can read 4401), and never echoes the token.
   // The app's own routes keep its chooser, or ws's default (the first offered); ws stores
-  // "no chooser" as null.
-  const chooseProtocol = wss.options.handleProtocols
-  wss.options.handleProtocols = (protocols: Set<string>, request: IncomingMessage) => {
+  // "no chooser" as null. The chooser is an accessor: code that assigns its own later
+  // (graphql-ws's @fastify/websocket adapter does, on every connection) replaces the app's
+  // chooser behind ours, never ours.
+  let chooseProtocol = wss.options.handleProtocols
+  const handleProtocols = (protocols: Set<string>, request: IncomingMessage): string | false => {
     if ((request as unknown as Record<symbol, unknown>)[kSecuredUpgrade] === true) {
       return protocols.has(BEARER_PROTOCOL) ? BEARER_PROTOCOL : false
     }
     if (typeof chooseProtocol === 'function') return chooseProtocol(protocols, request)
     return protocols.values().next().value ?? false
   }
+  Object.defineProperty(wss.options, 'handleProtocols', {
+    configurable: true,
+    enumerable: true,
+    get: () => handleProtocols,
+    set: (chooser: typeof chooseProtocol) => { chooseProtocol = chooser }
+  })
 
   const context = {
     options,
@@ -216,6 +227,21 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   })
 }
 
+/**
+ * After the plugin registered @fastify/websocket itself, a second registration by the app
+ * would fail with Fastify's "The decorator 'ws' has already been added!", which names
+ * neither plugin nor fix; this says both, at the app's own `register` call.
+ */
+function refuseLaterWebsocketRegistration (fastify: FastifyInstance): void {
+  const register = fastify.register
+  const guarded = function (this: FastifyInstance, plugin: unknown, ...rest: unknown[]) {
+    const meta = (plugin as Record<symbol, { name?: string } | undefined> | null)?.[Symbol.for('plugin-meta')]
+    if (plugin === websocket || meta?.name === '@fastify/websocket') throw new RegistrationOrderError()
+    return (register as (...args: unknown[]) => unknown).call(this, plugin, ...rest)
+  }
+  fastify.register = guarded as unknown as typeof fastify.register
+}
+
 const LATE_UPGRADE_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
 
 /** Answers an upgrade that arrives while the plugin closes, and ends its socket. */
@@ -241,4 +267,4 @@ export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close
 export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
 export type { JwtOptions, JwtClaims } from './token.js'
 export type { SecureWsStats } from './registry.js'
-export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError } from './errors.js'
+export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError, RegistrationOrderError } from './errors.js'

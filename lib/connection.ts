@@ -7,7 +7,8 @@ import type { SecureWsUser } from './options.js'
 import type { CompiledRoute } from './route.js'
 import type { Registry } from './registry.js'
 import type { MessageCounter } from './stores/types.js'
-import type { InvalidMessageKind } from './telemetry.js'
+import type { InvalidMessageKind, TokenRefusal } from './telemetry.js'
+import { refusalOf } from './token.js'
 
 // parseEnvelope answers with the error frame's text; the audit event names its kind.
 const ENVELOPE_ERRORS = new Map<string, InvalidMessageKind>([
@@ -95,7 +96,7 @@ export class Connection implements SecureWsConnection {
     socket.on('message', Connection.#onMessage)
     socket.on('close', Connection.#onClose)
     socket.on('ping', Connection.#onPing)
-    // A fourth event on the socket grows its listener table (~100 B per connection): only when pinged.
+    // One more event on the socket grows its listener table (~100 B per connection): only when pinged.
     if (registry.heartbeats) socket.on('pong', Connection.#onPong)
     registry.add(this)
     const expiresAt = this.user.expiresAt
@@ -105,9 +106,9 @@ export class Connection implements SecureWsConnection {
   refresh (token: string): Promise<SecureWsUser | null> {
     return new Promise((resolve) => {
       if (this.#closing) return resolve(null)
-      const failed = (kind: CloseKind, err?: unknown): void => {
+      const failed = (kind: CloseKind, err?: unknown, tokenRefusal?: TokenRefusal): void => {
         if (err !== undefined) this.log.error({ err, userId: this.user.id, connectionId: this.id }, 'token refresh could not be checked')
-        this.closeFor(kind)
+        this.closeFor(kind, undefined, undefined, tokenRefusal)
         resolve(null)
       }
       let verified: ReturnType<CompiledRoute['verifyToken']>
@@ -118,11 +119,11 @@ export class Connection implements SecureWsConnection {
       }
       then(verified, (user) => {
         if (this.#closing) return resolve(null)
-        if (user === null || user === undefined) return failed('tokenExpired')
+        if (user === null || user === undefined) return failed('tokenExpired', undefined, refusalOf(this.route.verifyToken))
         if (!isUser(user)) return failed('internalError', new TypeError('verifyToken returned a user without a non-empty string id and a scopes array'))
         // A connection belongs to one user for its whole life: its session was checked for them.
-        if (user.id !== this.user.id) return failed('tokenExpired')
-        if (user.expiresAt !== undefined && user.expiresAt + this.route.expiryGraceMs <= Date.now()) return failed('tokenExpired')
+        if (user.id !== this.user.id) return failed('tokenExpired', undefined, 'otherUser')
+        if (user.expiresAt !== undefined && user.expiresAt + this.route.expiryGraceMs <= Date.now()) return failed('tokenExpired', undefined, 'expired')
         checkRevocation(this.route.store, user, () => {
           if (this.#closing) return resolve(null)
           this.user = user
@@ -130,7 +131,7 @@ export class Connection implements SecureWsConnection {
           const telemetry = this.#registry.telemetry
           if (telemetry.auditing) telemetry.emit({ type: 'refreshed', userId: user.id, connectionId: this.id, route: this.route.url })
           resolve(user)
-        }, (kind, err) => failed(kind === 'invalidToken' ? 'tokenExpired' : kind, err))
+        }, (kind, err) => kind === 'invalidToken' ? failed('tokenExpired', undefined, 'revoked') : failed(kind, err))
       }, (err) => failed('authUnavailable', err))
     })
   }
@@ -192,12 +193,15 @@ export class Connection implements SecureWsConnection {
     this.#registry.hangUp(this.#socket, code, reason)
   }
 
-  /** Closes for `kind` with its configured code and reason, or the ones given; logs once why. */
-  closeFor (kind: CloseKind, code?: number, reason?: string): void {
+  /**
+   * Closes for `kind` with its configured code and reason, or the ones given; logs once why
+   * (with why the token was refused, for a failed refresh).
+   */
+  closeFor (kind: CloseKind, code?: number, reason?: string, tokenRefusal?: TokenRefusal): void {
     if (this.#closing) return
     const configured = this.route.closeReasons[kind]
     const closeCode = code ?? configured.code
-    this.log.info({ close: kind, code: closeCode, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
+    this.log.info({ close: kind, code: closeCode, tokenRefusal, userId: this.user.id, connectionId: this.id }, 'websocket connection closed by server')
     this.#closedFor = kind
     this.#closeCode = closeCode
     this.#registry.telemetry.closedByServer(kind)

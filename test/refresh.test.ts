@@ -116,3 +116,13 @@ t.test('refresh works through a custom verifyToken; a verifier that throws close
   c.send({ type: 'refresh', payload: { token: 'down' } })
   t.same(await closeOf(c), TRY_AGAIN)
 })
+
+t.test('a failed refresh is logged once, with why the token was refused', async (t) => {
+  const { url, logs } = await build(t, { route: refreshRoute() })
+  const c = await connect(url('/ws/alice-1'), { token: sign('alice') })
+  c.send({ type: 'refresh', payload: { token: sign('bob') } })
+  t.same(await closeOf(c), INVALID_TOKEN)
+  const lines = parseLogs(logs).filter((line) => line.userId === 'alice' && line.msg === 'websocket connection closed by server')
+  t.equal(lines.length, 1)
+  t.match(lines[0], { close: 'tokenExpired', code: 4401, tokenRefusal: 'otherUser' })
+})

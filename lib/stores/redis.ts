@@ -345,7 +345,9 @@ export class RedisStore implements SecureWsStore {
 
   async recordAuthFailure (address: string, limit: number): Promise<number> {
     this.#startSweeping()
-    if (!this.#available) return this.#authFailures.record(address, limit, Date.now())
+    // Right after start the client may still be connecting: a failure counted only here
+    // then would never reach the other instances' count.
+    if (!(await this.#usable())) return this.#authFailures.record(address, limit, Date.now())
     let answer: [number, number]
     try {
       // Hash-tagged by address, so the key has a slot of its own on a Redis Cluster.

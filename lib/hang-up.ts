@@ -10,6 +10,14 @@ interface WsInternals {
 function discard (): void {}
 
 /**
+ * Sockets from one address that may wait out their grace at once. Past it, a refused socket
+ * is destroyed as soon as its close frame and FIN are written: a flood of refusals from one
+ * address (one the lockout does not cover, such as a refused origin) then holds a handful
+ * of descriptors, not a second's worth of its rate.
+ */
+const MAX_WAITING_PER_ADDRESS = 16
+
+/**
  * Closes sockets the server is done with at little cost, whatever their peer does.
  *
  * ws alone keeps reading and unmasking everything a closing peer sends, and holds the socket
@@ -22,6 +30,7 @@ function discard (): void {}
 export class HangUps {
   readonly #graceMs: number
   readonly #pending = new Set<WebSocket>()
+  readonly #waitingByAddress = new Map<string, number>()
 
   constructor (graceMs: number) {
     this.#graceMs = graceMs
@@ -47,19 +56,28 @@ export class HangUps {
     raw.removeAllListeners('data')
     raw.on('data', discard)
     raw.resume()
+    const address = raw.remoteAddress ?? ''
+    const waiting = this.#waitingByAddress.get(address) ?? 0
+    if (waiting >= MAX_WAITING_PER_ADDRESS) {
+      // Our side is written once the close frame is; nothing is owed to this peer after that.
+      raw.once('finish', () => { raw.destroy() })
+    }
+    this.#waitingByAddress.set(address, waiting + 1)
     this.#pending.add(socket)
     const timer = setTimeout(cutOff, this.#graceMs, socket)
     timer.unref()
     socket.once('close', () => {
       clearTimeout(timer)
       this.#pending.delete(socket)
+      const left = (this.#waitingByAddress.get(address) ?? 1) - 1
+      if (left <= 0) this.#waitingByAddress.delete(address)
+      else this.#waitingByAddress.set(address, left)
     })
   }
 
   /** Destroys every socket still waiting for its peer; at shutdown. */
   destroyAll (): void {
     for (const socket of this.#pending) socket.terminate()
-    this.#pending.clear()
   }
 }
 

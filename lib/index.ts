@@ -1,6 +1,5 @@
 /// <reference types="@fastify/websocket" preserve="true" />
 import type { IncomingMessage } from 'node:http'
-import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
@@ -15,6 +14,7 @@ import { Telemetry } from './telemetry.js'
 import { declareRoute, kSecuredUpgrade } from './route.js'
 import { BEARER_PROTOCOL, takeQueryToken } from './token.js'
 import { UpgradeGuard } from './upgrade-guard.js'
+import { answerUpgrade } from './early-answer.js'
 
 // ws's own default when the app registered @fastify/websocket without a maxPayload.
 const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
@@ -140,13 +140,28 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
 
   // @fastify/websocket hands every upgrade it receives, on whichever server it listens
   // (Fastify's, or the app's own `options.server`), to `fastify.routing`. Fastify logs the
-  // request's URL there before any hook runs, so `?token=` is cut out first. Once the plugin
-  // is closing, the upgrade is answered here: Fastify's own 503 for a closing server would
-  // never end an upgrade's socket.
+  // request's URL there before any hook runs, so `?token=` is cut out first. Two answers
+  // are given here, before Fastify builds anything for the request: once the plugin is
+  // closing (Fastify's own 503 for a closing server would never end an upgrade's socket),
+  // and to a locked-out address, whose flood must cost as little as possible. The lockout is
+  // keyed on `request.ip`; this early check sees the TCP peer, which is `request.ip` unless
+  // Fastify trusts a proxy, and then the route's own check (on `request.ip`) answers instead.
   const routeRequest = fastify.routing
+  const lockoutOn = options.serverLimits.authFailuresPerMinute > 0
+  const lockedOut = options.closeReasons.tooManyAuthFailures
+  const lockedOutBody = JSON.stringify({ statusCode: lockedOut.status, code: 'tooManyAuthFailures', message: lockedOut.reason })
   fastify.routing = function routeUpgrade (this: unknown, request, reply) {
     takeQueryToken(request)
-    if (registry.closing) return refuseLateUpgrade(request.socket)
+    const socket = request.socket
+    if (registry.closing) return answerUpgrade(socket, 503, {}, '')
+    if (lockoutOn) {
+      const until = store.lockedOutUntil(socket.remoteAddress ?? '')
+      if (until > 0) {
+        telemetry.refusals.tooManyAuthFailures!++
+        if (telemetry.auditing) telemetry.emit({ type: 'refused', kind: 'tooManyAuthFailures', ip: socket.remoteAddress ?? '', origin: request.headers.origin, route: '*' })
+        return answerUpgrade(socket, lockedOut.status, { 'Retry-After': String(Math.max(1, Math.ceil((until - Date.now()) / 1000))), 'Content-Type': 'application/json; charset=utf-8' }, lockedOutBody)
+      }
+    }
     return routeRequest.call(this, request, reply)
   }
 
@@ -240,16 +255,6 @@ function refuseLaterWebsocketRegistration (fastify: FastifyInstance): void {
     return (register as (...args: unknown[]) => unknown).call(this, plugin, ...rest)
   }
   fastify.register = guarded as unknown as typeof fastify.register
-}
-
-const LATE_UPGRADE_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
-
-/** Answers an upgrade that arrives while the plugin closes, and ends its socket. */
-function refuseLateUpgrade (socket: Duplex): void {
-  if (socket.destroyed) return
-  socket.end(LATE_UPGRADE_RESPONSE)
-  // A client that never reads must not hold the socket open after the answer.
-  setTimeout(() => { socket.destroy() }, 1000).unref()
 }
 
 const plugin = fp(secureWs, { fastify: '5.x', name: 'fastify-secure-ws' })

@@ -15,6 +15,7 @@ export type InvalidMessageKind = 'invalidJson' | 'forbiddenKey' | 'binaryFrame' 
  * or a session's data.
  */
 export type SecureWsAuditEvent =
+  /** `route` is the route's URL pattern, or `*` for a locked-out address answered before routing. */
   | { type: 'refused', kind: CloseKind, userId?: string, ip: string, origin?: string, route: string, tokenRefusal?: TokenRefusal }
   | { type: 'connected', userId: string, connectionId: string, ip: string, origin?: string, route: string }
   | {

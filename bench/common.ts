@@ -5,6 +5,15 @@
 import { join } from 'node:path'
 import { writeHeapSnapshot } from 'node:v8'
 
+/** An integer setting from the environment, or `fallback` when unset; out of range throws naming it. */
+export function readInt (name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}`)
+  return n
+}
+
 /** The only origin every target admits; the load generator sends it on every upgrade. */
 export const BENCH_ORIGIN = 'https://app.example.com'
 

@@ -13,15 +13,9 @@
  * the same seed sends the same frames), FUZZ_CONNECTIONS (default 4), FUZZ_WINDOW (frames in
  * flight per connection, default 32).
  */
+import { readInt } from './common.js'
 import { fuzz } from './fuzz/driver.js'
 
-function readInt (name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}`)
-  return n
-}
 
 const format = (n: number): string => Math.round(n).toLocaleString('en-US')
 

@@ -44,7 +44,7 @@ import { createServer } from 'node:net'
 import { cpus, loadavg, release } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
-import type { MemoryLine } from './common.js'
+import { readInt, type MemoryLine } from './common.js'
 import { median, ratio, roundOrder, roundPairedUpgrades, type RoundPairedUpgrades } from './rounds.js'
 
 const ROOT = resolve(__dirname, '..')
@@ -64,13 +64,6 @@ const PAIR_ROUNDS = readInt('BENCH_PAIR_ROUNDS', 9, 0, 20)
 const MOST_ROUNDS = new Set(['baseline', 'secure'])
 const OUT = resolve(ROOT, process.env.BENCH_OUT ?? 'bench/results.json')
 
-function readInt (name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}`)
-  return n
-}
 
 interface Target {
   name: string

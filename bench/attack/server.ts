@@ -7,11 +7,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readFileSync, statSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { once } from 'node:events'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { commandLine } from './proc.js'
+export { freePort } from '../../test/redis-server.js'
 
 const STARTUP_TIMEOUT_MS = 30_000
 
@@ -29,16 +28,6 @@ export interface ExampleServer {
 
 const NOISE = /"msg":"(incoming request|request completed|websocket connection refused)"/
 
-/** A free TCP port on 127.0.0.1, found by letting the kernel pick one. */
-export async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  await once(server, 'close')
-  return port
-}
 
 function exampleEnv (port: number, secret: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}

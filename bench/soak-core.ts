@@ -374,6 +374,13 @@ export async function runSoak (options: SoakOptions): Promise<SoakReport> {
   const { app } = target
   const listening = activeResources()
   const serverListeners = listenerCounts(app.server)
+  // The plugin keeps its sockets out of ws's client set; this set sees every socket
+  // @fastify/websocket upgrades until it closes.
+  const openSockets = new Set<unknown>()
+  app.websocketServer.on('connection', (socket: { once: (event: 'close', listener: () => void) => void }) => {
+    openSockets.add(socket)
+    socket.once('close', () => { openSockets.delete(socket) })
+  })
   const wssListeners = listenerCounts(app.websocketServer)
 
   const total = options.warmupCycles + options.cycles
@@ -401,8 +408,8 @@ export async function runSoak (options: SoakOptions): Promise<SoakReport> {
   const nowServer = listenerCounts(app.server)
   check('HTTP server: listeners as at the start (upgrade, connection, ...)', sameCounts(nowServer, serverListeners), `${JSON.stringify(nowServer)} (start ${JSON.stringify(serverListeners)})`)
   const nowWss = listenerCounts(app.websocketServer)
-  const wsClients = app.websocketServer.clients.size
-  check('ws server: no clients, listeners as at the start', wsClients === 0 && sameCounts(nowWss, wssListeners), `${wsClients} clients, ${JSON.stringify(nowWss)} (start ${JSON.stringify(wssListeners)})`)
+  const wsClients = openSockets.size + app.websocketServer.clients.size
+  check('ws server: no socket left open, listeners as at the start', wsClients === 0 && sameCounts(nowWss, wssListeners), `${wsClients} clients, ${JSON.stringify(nowWss)} (start ${JSON.stringify(wssListeners)})`)
   const sockets = await connectionsOf(app)
   check('HTTP server: no sockets held', sockets === 0, `${sockets} held`)
   await eventually(() => fitsIn(activeResources(), listening), SETTLE_MS)

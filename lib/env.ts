@@ -58,6 +58,7 @@ function heartbeatInterval (name: string, value: string): number {
 
 function origins (name: string, value: string): string[] {
   return value.split(',').map((entry) => {
+    if (entry.includes('*')) throw new InvalidEnvError(`${name} must list every origin: wildcards are not supported, got "${entry.trim()}"`)
     const origin = parseOrigin(entry.trim())
     if (origin === null) throw new InvalidEnvError(`${name} must be a comma-separated list of scheme://host[:port] origins, got "${entry.trim()}"`)
     return origin

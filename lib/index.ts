@@ -1,6 +1,7 @@
 /// <reference types="@fastify/websocket" preserve="true" />
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { WebSocket } from 'ws'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
@@ -153,6 +154,8 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   fastify.routing = function routeUpgrade (this: unknown, request, reply) {
     takeQueryToken(request)
     const socket = request.socket
+    // `injectWS` upgrades a request with no socket: no peer to lock out or answer early.
+    if (socket === undefined) return routeRequest.call(this, request, reply)
     if (registry.closing) return answerUpgrade(socket, 503, {}, '')
     if (lockoutOn) {
       const until = store.lockedOutUntil(socket.remoteAddress ?? '')
@@ -190,6 +193,10 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
     options,
     registry,
     guard,
+    // The plugin closes its own sockets (1001 at shutdown, hang-ups). Out of ws's client set,
+    // an app's own @fastify/websocket registration, whose preClose runs first and closes every
+    // client in that set with 1005, leaves them to it.
+    untrack (socket: WebSocket) { wss.clients?.delete(socket) },
     onDeclared (limits: Readonly<Limits>) {
       // ws holds one maxPayload for all routes; it must admit the largest route limit.
       if (limits.maxPayloadBytes > largestPayload) {

@@ -70,7 +70,7 @@ export interface MessageOptions<P, S extends SessionBase, O extends OutboundSche
   payload?: P
   /** Every scope listed must be among the user's scopes, else `Forbidden`. */
   scopes?: readonly string[]
-  /** Further per-message check; false (or a rejection) answers `Forbidden`. */
+  /** Further per-message check: false answers `Forbidden`; throwing or rejecting (it could not decide) answers `Internal server error`. */
   authorize?: (connection: SecureWsConnection<S, O>, payload: PayloadOf<P>) => boolean | Promise<boolean>
 }
 

@@ -41,6 +41,8 @@ export interface RouteContext {
   readonly options: ResolvedOptions
   readonly registry: Registry
   readonly guard: UpgradeGuard
+  /** Takes a socket of ours out of ws's client set (see index.ts). */
+  readonly untrack: (socket: WebSocket) => void
   /** Called with each declared route's limits, so ws admits its largest frame. */
   readonly onDeclared: (limits: Readonly<Limits>) => void
 }
@@ -162,6 +164,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   }
 
   function onUpgraded (socket: WebSocket, request: FastifyRequest): void {
+    context.untrack(socket)
     const raw = request.raw as UpgradeRequest
     const admission = raw[kAdmission]
     // The connection holds what it needs; the request must not keep the admission alive.

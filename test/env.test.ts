@@ -118,3 +118,27 @@ t.test('the result registers as plugin options', async (t) => {
   await app.ready()
   t.ok(app.hasDecorator('secureWs'))
 })
+
+t.test('the hostile-client variables: buffered bytes, auth failures, heartbeat', async (t) => {
+  t.same(optionsFromEnv({ WS_MAX_BUFFERED_BYTES: '2048', WS_MAX_AUTH_FAILURES_PER_MINUTE: '5', WS_HEARTBEAT_INTERVAL_MS: '1000' }), {
+    limits: { maxBufferedBytes: 2048, authFailuresPerMinute: 5 },
+    heartbeatIntervalMs: 1000
+  })
+  t.same(optionsFromEnv({ WS_MAX_AUTH_FAILURES_PER_MINUTE: '0', WS_HEARTBEAT_INTERVAL_MS: '0' }), {
+    limits: { authFailuresPerMinute: 0 },
+    heartbeatIntervalMs: 0
+  }, '0 turns the lockout and the heartbeat off')
+  const bad: Array<[string, string, string]> = [
+    ['WS_MAX_BUFFERED_BYTES', '0', 'WS_MAX_BUFFERED_BYTES must be a positive integer, got "0"'],
+    ['WS_MAX_BUFFERED_BYTES', '1mb', 'WS_MAX_BUFFERED_BYTES must be a positive integer, got "1mb"'],
+    ['WS_MAX_AUTH_FAILURES_PER_MINUTE', '-1', 'WS_MAX_AUTH_FAILURES_PER_MINUTE must be 0 (off) or a positive integer, got "-1"'],
+    ['WS_HEARTBEAT_INTERVAL_MS', '50', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 100 to 2147483647, got "50"'],
+    ['WS_HEARTBEAT_INTERVAL_MS', 'soon', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 100 to 2147483647, got "soon"'],
+    ['WS_ALLOWED_ORIGINS', 'https://*.example.com', 'WS_ALLOWED_ORIGINS must list every origin: wildcards are not supported, got "https://*.example.com"']
+  ]
+  for (const [name, value, message] of bad) {
+    const err = envError(t, { [name]: value })
+    t.equal(err.code, 'FST_SECURE_WS_INVALID_ENV')
+    t.equal(err.message, message)
+  }
+})

@@ -107,3 +107,37 @@ t.test('registering @fastify/websocket before the plugin works, with its options
   big.send({ type: 'echo', payload: { text: 'x'.repeat(5000) } })
   t.same(await closeOf(big), { code: 1009, reason: '' }, 'the app\'s stricter maxPayload holds')
 })
+
+t.test('with the app\'s own @fastify/websocket registered first, fastify.close() still sends the plugin\'s clients 1001', async (t) => {
+  const app = Fastify()
+  await app.register(websocket)
+  await app.register(secureWs, PLUGIN_OPTIONS)
+  app.secureWs.route(testRoute())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const c = await connect(`ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws/alice-1`, { token: sign('alice') })
+  t.ok(await c.admitted())
+  const closed = closeOf(c)
+  await app.close()
+  t.same(await closed, { code: 1001, reason: 'Server shutting down' }, 'not @fastify/websocket\'s 1005')
+})
+
+// Found by running @fastify/websocket's own suite with the plugin registered (test/compat/):
+// the early checks read the socket of a request that injectWS builds without one.
+t.test('injectWS keeps working with the plugin registered, on the app\'s own routes and on secured ones', async (t) => {
+  const app = Fastify()
+  await app.register(secureWs, PLUGIN_OPTIONS)
+  app.secureWs.route(testRoute())
+  app.get('/echo', { websocket: true }, (socket) => { socket.on('message', (data) => socket.send(data.toString())) })
+  await app.ready()
+  t.teardown(() => app.close())
+  const plain = await within(app.injectWS('/echo'), 3000, 'injectWS on the app\'s route')
+  const echoed = new Promise((resolve) => plain.once('message', (data) => resolve(data.toString())))
+  plain.send('hello')
+  t.equal(await within(echoed, 3000, 'the echo'), 'hello')
+  plain.terminate()
+  const secured = await within(app.injectWS(`/ws/alice-1?token=${sign('alice')}`, { headers: { origin: ORIGIN } }), 3000, 'injectWS on a secured route')
+  const pong = new Promise((resolve) => secured.once('message', (data) => resolve(JSON.parse(data.toString()))))
+  secured.send(JSON.stringify({ type: 'ping' }))
+  t.same(await within(pong, 3000, 'the pong'), { type: 'pong' })
+  secured.terminate()
+})

@@ -31,7 +31,7 @@ t.test('short soak: 2,000 connection lifecycles leave nothing behind', async (t)
     'stats(): 0 connections, users, topics, expiry timers, store slots',
     'store: rate counters dropped a minute after their last message',
     'HTTP server: listeners as at the start (upgrade, connection, ...)',
-    'ws server: no clients, listeners as at the start',
+    'ws server: no socket left open, listeners as at the start',
     'HTTP server: no sockets held',
     'active resources while listening with no clients: no more than at listen',
     'admitted connections: every one garbage-collected',

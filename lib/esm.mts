@@ -4,6 +4,7 @@ import cjs from './index.js'
 export default cjs.default
 export const {
   secureWs,
+  defineRoute,
   optionsFromEnv,
   withoutQueryToken,
   memoryStore,

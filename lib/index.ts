@@ -275,6 +275,7 @@ export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.j
 export type { SecureWsStore, MessageCounter, StoreStats, RateLimits, BroadcastEvent, StoreContext } from './stores/types.js'
 export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS, type Limits, type ServerLimits, type SecureWsOptions, type SecureWsUser, type VerifyToken, type PrometheusRegistry } from './options.js'
 export type { SecureWsAuditEvent, AuditHook, TokenRefusal, InvalidMessageKind } from './telemetry.js'
+export { defineRoute, type RouteContract, type RouteDefinition } from './contract.js'
 export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
 export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
 export type { JwtOptions, JwtClaims } from './token.js'

@@ -48,7 +48,7 @@ if (!existsSync(join(DIST, 'index.js'))) {
 } else {
   t.test('every file package.json points at was built', async (t) => {
     const targets = [pkg.main, pkg.types, ...exportTargets(pkg.exports)]
-    t.ok(targets.length >= 6, 'main, types and the import/require conditions')
+    t.ok(targets.length >= 10, 'main, types and the import/require conditions of . and ./client')
     for (const target of targets) {
       t.ok(existsSync(join(ROOT, target)), `${target} exists`)
     }
@@ -154,6 +154,27 @@ if (!existsSync(join(DIST, 'index.js'))) {
     })
   })
 
+  const clientEntries = eager(nodeEval(`
+      import { createClient, SecureWsCloseError, fullJitter } from '${pkg.name}/client'
+      import { createRequire } from 'node:module'
+      const require = createRequire(import.meta.url)
+      const cjs = require('${pkg.name}/client')
+      console.log(JSON.stringify({
+        imported: import.meta.resolve('${pkg.name}/client'),
+        required: require.resolve('${pkg.name}/client'),
+        esm: [typeof createClient, typeof SecureWsCloseError, typeof fullJitter],
+        cjs: Object.keys(cjs).sort()
+      }))
+    `, ['--input-type=module']))
+  t.test('fastify-secure-ws/client: the browser bundle for import, the CommonJS build for require', async (t) => {
+    t.same(await clientEntries, {
+      imported: 'file://' + join(DIST, 'client.mjs'),
+      required: join(DIST, 'client', 'index.js'),
+      esm: ['function', 'function', 'function'],
+      cjs: ['SecureWsCloseError', 'createClient', 'fullJitter']
+    })
+  })
+
   t.test('the emitted declarations keep the @fastify/websocket reference', async (t) => {
     const declarations = join(DIST, 'index.d.ts')
     t.ok(existsSync(declarations), 'dist/index.d.ts exists')
@@ -174,12 +195,24 @@ app.get('/raw', { websocket: true }, (socket, request) => {
 const count: number = app.secureWs.stats().connections
 export { count }
 `
+  // A browser app's module and a Node script both get the client's types from `/client`.
+  const clientConsumer = (importLine: string): string => `${importLine}
+interface Chat { inbound: { say: { text: string } }, outbound: { said: { text: string } } }
+const client = createClient<Chat>({ url: 'wss://a.test/ws', getToken: async () => 'token' })
+client.send('say', { text: 'hi' })
+// @ts-expect-error
+client.send('say', { text: 1 })
+client.on('said', (frame) => frame.text.toUpperCase())
+export { client }
+`
   const consumerDir = t.testdir({
     'consumer.cts': consumer(`import secureWs = require('${pkg.name}')`, 'secureWs.default'),
     'consumer.mts': consumer(`import secureWs from '${pkg.name}'`, 'secureWs'),
+    'client.cts': clientConsumer(`import { createClient } from '${pkg.name}/client'`),
+    'client.mts': clientConsumer(`import { createClient } from '${pkg.name}/client'`),
     'tsconfig.json': JSON.stringify({
       compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, skipLibCheck: true, types: ['node'] },
-      files: ['consumer.cts', 'consumer.mts']
+      files: ['consumer.cts', 'consumer.mts', 'client.cts', 'client.mts']
     })
   })
   const typeCheck = eager(run(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(consumerDir, 'tsconfig.json')], { cwd: consumerDir, timeout: 60_000 })

@@ -9,6 +9,7 @@ import { Type } from '@sinclair/typebox'
 import { createSigner } from 'fast-jwt'
 import { Registry as MetricsRegistry } from 'prom-client'
 import secureWs, { optionsFromEnv, redisStore, withoutQueryToken, type SecureWsStore } from '../lib/index.js'
+import { bundleClient } from '../scripts/build-client.js'
 
 interface TradingSession {
   id: string
@@ -135,6 +136,9 @@ async function main (): Promise<void> {
 
   const page = readFileSync(join(__dirname, 'page.html'), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  // The page's client, fastify-secure-ws/client, bundled at start so a fresh clone needs no build step.
+  const { code: clientBundle } = await bundleClient()
+  app.get('/client.mjs', async (_request, reply) => reply.type('text/javascript; charset=utf-8').send(clientBundle))
 
   // The demo token route exists only outside production, so there it answers 404 like any
   // unknown URL, whatever the body.

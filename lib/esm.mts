@@ -1,24 +1,6 @@
-// ESM entry: re-exports the CommonJS build so both module systems share one instance.
-import cjs from './index.js'
-
-export default cjs.default
-export const {
-  secureWs,
-  defineRoute,
-  optionsFromEnv,
-  withoutQueryToken,
-  memoryStore,
-  MemoryStore,
-  redisStore,
-  RedisStore,
-  DEFAULT_LIMITS,
-  DEFAULT_SERVER_LIMITS,
-  DEFAULT_CLOSE_REASONS,
-  ERROR_MESSAGES,
-  InvalidOptionError,
-  InvalidEnvError,
-  InvalidRouteError,
-  StoreUnavailableError,
-  RegistrationOrderError
-} = cjs
-export type * from './index.js'
+// ESM entry. It re-exports the CommonJS build, so both module systems share one instance,
+// through named exports only: they mean the same to Node (which finds the CommonJS names with
+// cjs-module-lexer) and to TypeScript under every resolution mode, where a default import of
+// CommonJS does not (nodenext gives `module.exports`, bundler its `default`).
+export * from './index.js'
+export { secureWs as default } from './index.js'

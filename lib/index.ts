@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { WebSocket } from 'ws'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
-import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
+import type { OutboundMessage, OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
 import { InvalidOptionError, RegistrationOrderError } from './errors.js'
 import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
@@ -22,8 +22,12 @@ const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
 
 /** What `fastify.secureWs` offers, on the instance (and prefix) it is read from. */
 export interface SecureWsApi {
-  /** Declares a secured WebSocket route on this instance, under its prefix and hooks. */
-  route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>>(options: SecureWsRouteOptions<S, O>): void
+  /**
+   * Declares a secured WebSocket route on this instance, under its prefix and hooks. The
+   * session type comes from `resolveSession`, `params` from `url`, each payload from its
+   * schema and what `send` takes from `outbound`.
+   */
+  route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>, Url extends string = string>(options: SecureWsRouteOptions<S, O, Url>): void
   /**
    * Sends an outbound message to every subscriber of `topic`, on every instance sharing the
    * store (only this one with `{ local: true }`: a feed every instance produces itself);
@@ -31,8 +35,12 @@ export interface SecureWsApi {
    * instances could not be told (local subscribers have it already). The body is serialised
    * once per route; a subscriber that has stopped reading is cut off, never queued for
    * past `maxBufferedBytes`.
+   *
+   * Given the outbound schemas' type, `type` and `body` are checked against them:
+   * `publish<typeof outbound>('room:r1', 'said', { text })`.
    */
   publish (topic: string, type: string, body: unknown, options?: PublishOptions): Promise<number>
+  publish<O extends OutboundSchemas> (topic: string, ...message: [...OutboundMessage<O>, options?: PublishOptions]): Promise<number>
   /**
    * Closes every connection of `userId` on every instance sharing the store, by default with
    * 4403 `Disconnected by the server`; resolves with how many closed here. Rejects with
@@ -214,7 +222,7 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
         route (routeOptions) {
           declareRoute(instance, routeOptions as unknown as Parameters<typeof declareRoute>[1], context)
         },
-        async publish (topic, type, body, publishOptions) {
+        async publish (topic: string, type: string, body: unknown, publishOptions?: PublishOptions) {
           const delivered = registry.publish(topic, type, body)
           if (publishOptions?.local !== true) await store.broadcast?.({ kind: 'publish', topic, type, body })
           return delivered
@@ -277,7 +285,9 @@ export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS, type Limits, type ServerLimits, 
 export type { SecureWsAuditEvent, AuditHook, TokenRefusal, InvalidMessageKind } from './telemetry.js'
 export { defineRoute, type RouteContract, type RouteDefinition } from './contract.js'
 export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
-export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
+export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type OutboundMessage, type ParamsBase, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
+export type { RouteParams } from './route-params.js'
+export type { SchemaLike, ObjectSchemaLike, StaticOf } from './schema-shape.js'
 export type { JwtOptions, JwtClaims } from './token.js'
 export type { SecureWsStats } from './registry.js'
 export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError, RegistrationOrderError } from './errors.js'

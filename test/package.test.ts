@@ -126,6 +126,22 @@ if (!existsSync(join(DIST, 'index.js'))) {
     })
   })
 
+  // The ESM entry re-exports the CommonJS build's names; its declarations claim every one of them.
+  const exportNames = eager(nodeEval(`
+      import * as esm from '${pkg.name}'
+      import { createRequire } from 'node:module'
+      const cjs = createRequire(import.meta.url)('${pkg.name}')
+      console.log(JSON.stringify({
+        esm: Object.keys(esm).filter((name) => name !== '__esModule').sort(),
+        cjs: Object.keys(cjs).sort()
+      }))
+    `, ['--input-type=module']))
+  t.test('import(name) offers every name require(name) does', async (t) => {
+    const { esm, cjs } = await exportNames as { esm: string[], cjs: string[] }
+    t.ok(cjs.includes('secureWs') && cjs.includes('default'), 'the CommonJS names were read')
+    t.same(esm, cjs)
+  })
+
   const fromStaticImport = eager(nodeEval(`
       import secureWs, { optionsFromEnv, memoryStore, secureWs as named } from '${pkg.name}'
       import Fastify from 'fastify'

@@ -96,8 +96,7 @@ export class Connection implements SecureWsConnection {
     socket.on('message', Connection.#onMessage)
     socket.on('close', Connection.#onClose)
     socket.on('ping', Connection.#onPing)
-    // One more event on the socket grows its listener table (~100 B per connection): only when pinged.
-    if (registry.heartbeats) socket.on('pong', Connection.#onPong)
+    socket.on('pong', Connection.#onPong)
     registry.add(this)
     const expiresAt = this.user.expiresAt
     if (expiresAt !== undefined && expiresAt + route.expiryGraceMs <= Date.now()) this.closeFor('tokenExpired')
@@ -182,7 +181,9 @@ export class Connection implements SecureWsConnection {
   close (code = 1000, reason = ''): void {
     if (this.#closing) return
     this.#closing = true
+    // Over for the server: no longer open, pinged, published to or counted.
     this.#release()
+    this.#registry.remove(this)
     if (!isSendableCloseCode(code) || !isSendableCloseReason(reason)) {
       // ws would throw for these; the app's bug must not keep the socket open.
       this.log.error({ code, connectionId: this.id, userId: this.user.id }, 'invalid close code or reason; closing with 1011')
@@ -206,12 +207,6 @@ export class Connection implements SecureWsConnection {
     this.#closeCode = closeCode
     this.#registry.telemetry.closedByServer(kind)
     this.close(closeCode, code === undefined ? configured.reason : reason ?? '')
-  }
-
-  /** Ends the connection without a close handshake, for clients that ignore the close frame. */
-  terminate (): void {
-    this.#closing = true
-    this.#socket.terminate()
   }
 
   /**
@@ -242,9 +237,11 @@ export class Connection implements SecureWsConnection {
     (this as OwnedSocket)[kConnection].#end(code)
   }
 
+  // The pong that answers this beat's ping is the heartbeat's; any other counts as a message.
   static readonly #onPong = function (this: WebSocket, data: Buffer): void {
     const connection = (this as OwnedSocket)[kConnection]
-    if (data.equals(connection.#registry.beatNonce)) connection.#answered = true
+    if (!connection.#answered && data.equals(connection.#registry.beatNonce)) connection.#answered = true
+    else connection.#count()
   }
 
   // ws answers pings itself; they count against the message limits like any other frame.
@@ -298,6 +295,8 @@ export class Connection implements SecureWsConnection {
     if (!this.#count()) return
     const route = this.route
     const frame = data as Buffer
+    // ws refuses these itself (limitInboundMessages); this stays as the backstop should its
+    // internals ever move.
     if (frame.length > route.limits.maxPayloadBytes) {
       this.closeFor('messageTooBig')
       return
@@ -389,6 +388,7 @@ export class Connection implements SecureWsConnection {
     this.#closing = true
     this.#socket.removeListener('message', Connection.#onMessage)
     this.#socket.removeListener('ping', Connection.#onPing)
+    this.#socket.removeListener('pong', Connection.#onPong)
     this.#registry.remove(this)
     this.#release()
     try {

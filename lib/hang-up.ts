@@ -1,11 +1,5 @@
-import type { Socket } from 'node:net'
 import type { WebSocket } from 'ws'
-
-/** The parts of ws's socket state a hang-up reaches into (ws 8; pinned by the tests). */
-interface WsInternals {
-  _socket: Socket | null
-  _closeFrameReceived: boolean
-}
+import { stopReading } from './ws-internals.js'
 
 function discard (): void {}
 
@@ -31,6 +25,7 @@ export class HangUps {
   readonly #graceMs: number
   readonly #pending = new Set<WebSocket>()
   readonly #waitingByAddress = new Map<string, number>()
+  #onDrained: (() => void) | undefined
 
   constructor (graceMs: number) {
     this.#graceMs = graceMs
@@ -44,12 +39,8 @@ export class HangUps {
   /** Sends `code` and `reason` (already validated) and lets go of the socket. */
   hangUp (socket: WebSocket, code: number, reason: string): void {
     if (socket.readyState === socket.CLOSED) return
-    const ws = socket as unknown as WsInternals
-    // ws ends the TCP connection once its close frame is written if it believes the peer's
-    // close frame came already; nothing the peer sends from now on is read, so it cannot.
-    if (socket.readyState === socket.OPEN) ws._closeFrameReceived = true
+    const raw = stopReading(socket)
     socket.close(code, reason)
-    const raw = ws._socket
     if (raw === null || raw.destroyed) return
     // Read and drop: the peer's FIN still arrives (a cooperative client frees the socket at
     // once), its frames are never parsed.
@@ -72,6 +63,21 @@ export class HangUps {
       const left = (this.#waitingByAddress.get(address) ?? 1) - 1
       if (left <= 0) this.#waitingByAddress.delete(address)
       else this.#waitingByAddress.set(address, left)
+      if (this.#pending.size === 0) this.#onDrained?.()
+    })
+  }
+
+  /** Resolves once every socket hung up so far has closed, or after `timeoutMs`. */
+  drained (timeoutMs: number): Promise<void> {
+    if (this.#pending.size === 0) return Promise.resolve()
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#onDrained = undefined
+        resolve()
+      }
+      const timer = setTimeout(done, timeoutMs)
+      this.#onDrained = done
     })
   }
 

@@ -142,9 +142,10 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
       }
     })
     refuseLaterWebsocketRegistration(fastify)
-  } else if ((fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD) > largestPayload) {
-    fastify.log.warn({ maxPayload: fastify.websocketServer.options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD }, 'fastify-secure-ws: @fastify/websocket buffers frames larger than limits.maxPayloadBytes before they are refused; lower its maxPayload')
   }
+  // An app's own registration may leave ws's maxPayload above the routes' limits: each secured
+  // socket gets its route's limit in ws itself (limitInboundMessages), so nothing is buffered
+  // or inflated past it.
   const wss = fastify.websocketServer
 
   // @fastify/websocket hands every upgrade it receives, on whichever server it listens

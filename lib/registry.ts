@@ -44,7 +44,6 @@ export class Registry {
   readonly #hangUps: HangUps
   #expiryTimer: NodeJS.Timeout | undefined
   #heartbeat: NodeJS.Timeout | undefined
-  #onEmpty: (() => void) | undefined
   closing = false
   /** Whether connections are pinged, so that they listen for pongs only then. */
   readonly heartbeats: boolean
@@ -98,7 +97,6 @@ export class Registry {
       for (const topic of connection.topics) removeFrom(this.#byTopic, topic, connection)
       connection.topics = undefined
     }
-    if (this.#connections.size === 0) this.#onEmpty?.()
   }
 
   /** A connection's credential was replaced: its expiry, if any, is the new one's. */
@@ -232,21 +230,12 @@ export class Registry {
    */
   async closeAll (kind: CloseKind, timeoutMs: number): Promise<void> {
     this.closing = true
-    if (this.#connections.size === 0) {
-      this.#stopTimers()
-      this.#hangUps.destroyAll()
-      return
-    }
-    const ended = new Promise<void>((resolve) => { this.#onEmpty = resolve })
-    for (const connection of this.#connections) connection.closeFor(kind)
-    const timer = setTimeout(() => {
-      for (const connection of this.#connections) connection.terminate()
-    }, timeoutMs)
-    await ended
-    clearTimeout(timer)
-    this.#onEmpty = undefined
-    this.#stopTimers()
+    // Each connection leaves the registry as it is closed; its socket is hung up, and ends when
+    // the client answers or its grace runs out. What is left at `timeoutMs` is cut off.
+    for (const connection of [...this.#connections]) connection.closeFor(kind)
+    await this.#hangUps.drained(timeoutMs)
     this.#hangUps.destroyAll()
+    this.#stopTimers()
   }
 
   stats (): SecureWsStats {

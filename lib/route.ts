@@ -6,6 +6,7 @@ import { HTTP_ONLY_REFUSALS, type CloseReasons } from './close-codes.js'
 import { Connection } from './connection.js'
 import { InvalidRouteError } from './errors.js'
 import { refuseUnknownKeys } from './known-keys.js'
+import { limitInboundMessages } from './ws-internals.js'
 import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
 import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
 import type { Registry } from './registry.js'
@@ -178,6 +179,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
   }
 
   function startConnection (socket: WebSocket, request: FastifyRequest, admission: Admitted): void {
+    limitInboundMessages(socket, route.limits.maxPayloadBytes)
     let counter: MessageCounter
     try {
       counter = route.store.holdCounter(admission.limitKey, route.limits)

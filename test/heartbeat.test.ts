@@ -111,7 +111,7 @@ t.test('a client that has sent its close is left to finish it, not cut off as si
 
 // The default (30 s) cannot show in a short test; this shows that 0 is off rather than a
 // zero-length beat, which would cut a silent client off within milliseconds.
-t.test('heartbeatIntervalMs: 0 sends no pings and listens for none', async (t) => {
+t.test('heartbeatIntervalMs: 0 sends no pings', async (t) => {
   const { app, url } = await build(t, { options: { heartbeatIntervalMs: 0 } })
   const serverSockets = serverSocketsOf(app)
   const silent = await connect(url('/ws/alice-1'), { token: sign('alice'), autoPong: false })
@@ -119,7 +119,7 @@ t.test('heartbeatIntervalMs: 0 sends no pings and listens for none', async (t) =
   silent.ws.on('ping', () => { pings++ })
   await delay(1000)
   t.equal(pings, 0)
-  t.same(serverSockets.map((socket) => socket.listenerCount('pong')), [0], 'no pong listener is added')
+  t.same(serverSockets.map((socket) => socket.listenerCount('pong')), [1], 'pongs are still listened for: an unsolicited one counts as a message')
   t.equal(silent.ws.readyState, silent.ws.OPEN, 'a client that never answers stays open')
   await silent.close()
 })

@@ -4,11 +4,9 @@ import secureWs, { type SecureWsOptions } from '../lib/index.js'
 import { build, connect, sign, testRoute, ORIGIN, SECRET, type Client } from './helpers.js'
 
 const PONG = { type: 'pong' }
-const TOO_BIG = { code: 1009, reason: 'Message too big' }
-// A frame over the largest limit of all routes is refused by ws itself as soon as its header
-// arrives (ws's maxPayload is set to that largest limit, so the frame is never buffered); ws
-// closes with 1009 and sends no reason. Frames within ws's maxPayload but over their own
-// route's limit are refused by the plugin, with the close table's reason.
+// A frame over its route's limit is refused by ws itself as soon as its header arrives (each
+// secured socket gets its route's limit in ws, so the frame is never buffered or inflated);
+// ws closes with 1009 and sends no reason.
 const TOO_BIG_FOR_WS = { code: 1009, reason: '' }
 
 /** A ping frame of exactly `bytes` bytes; the padding is an envelope field the server ignores. */
@@ -72,7 +70,7 @@ t.test('a route limit larger than the plugin\'s is honoured on that route only',
   shared.send(pingOf(1024))
   t.strictSame(await shared.next(), PONG, 'the plugin limit still admits 1024 bytes elsewhere')
   shared.send(pingOf(2000))
-  t.strictSame(await shared.closed, TOO_BIG, 'but 2000 bytes closes a route under the plugin limit')
+  t.strictSame(await shared.closed, TOO_BIG_FOR_WS, 'but 2000 bytes closes a route under the plugin limit (ws holds each secured socket to its route\'s limit)')
 
   own.send(pingOf(4097))
   t.strictSame(await own.closed, TOO_BIG_FOR_WS, 'one byte over the route limit closes')
@@ -88,7 +86,7 @@ t.test('a route limit smaller than the plugin\'s closes with 1009 "Message too b
   own.send(pingOf(512))
   t.strictSame(await own.next(), PONG, 'exactly 512 bytes is processed')
   own.send(pingOf(513))
-  t.strictSame(await own.closed, TOO_BIG, '513 bytes closes')
+  t.strictSame(await own.closed, TOO_BIG_FOR_WS, '513 bytes closes, refused by ws from the frame\'s header')
   t.strictSame(own.pending, [], 'the oversized frame was not answered')
 
   t.equal(shared.ws.readyState, shared.ws.OPEN, 'the other route\'s connection is untouched')

@@ -5,7 +5,7 @@
  */
 import { Value } from '@sinclair/typebox/value'
 import { DECLARED } from './schemas.js'
-import { MAX_PAYLOAD_BYTES, WS_MAX_PAYLOAD_BYTES } from './server.js'
+import { MAX_PAYLOAD_BYTES } from './server.js'
 
 export interface Frame {
   readonly bytes: Buffer
@@ -20,7 +20,6 @@ export type OutcomeKind =
   | 'error:unknown-type'
   | 'error:invalid-payload'
   | 'error:binary-frame'
-  | 'close:1009 by the plugin'
   | 'close:1009 by ws'
   | 'close:1007 not UTF-8'
   // Not aimed at: the limits are set so that these do not happen, but they are defined outcomes.
@@ -30,7 +29,7 @@ export type OutcomeKind =
 /** The outcomes the generators aim for; a short run must see each at least once. */
 export const AIMED_OUTCOMES: readonly OutcomeKind[] = [
   'reply', 'error:invalid-json', 'error:invalid-envelope', 'error:forbidden-key', 'error:unknown-type',
-  'error:invalid-payload', 'error:binary-frame', 'close:1009 by the plugin', 'close:1009 by ws', 'close:1007 not UTF-8'
+  'error:invalid-payload', 'error:binary-frame', 'close:1009 by ws', 'close:1007 not UTF-8'
 ]
 
 export type Expected =
@@ -84,11 +83,11 @@ function hasForbiddenKey (value: unknown): boolean {
 
 export function expectedOutcome (frame: Frame): Expected {
   const { bytes, binary } = frame
-  // ws refuses a frame over its own limit from the header, and text that is not UTF-8 once it
-  // has it, before the plugin sees either.
-  if (bytes.length > WS_MAX_PAYLOAD_BYTES) return { kind: 'close:1009 by ws', close: { code: 1009, reason: '' } }
+  // ws refuses a frame over the route's limit from the header (the plugin gives each secured
+  // socket its route's limit), and text that is not UTF-8 once it has it, before the plugin
+  // sees either.
+  if (bytes.length > MAX_PAYLOAD_BYTES) return { kind: 'close:1009 by ws', close: { code: 1009, reason: '' } }
   if (!binary && !isUtf8(bytes)) return { kind: 'close:1007 not UTF-8', close: { code: 1007, reason: '' } }
-  if (bytes.length > MAX_PAYLOAD_BYTES) return { kind: 'close:1009 by the plugin', close: { code: 1009, reason: 'Message too big' } }
   if (binary) return error('error:binary-frame', ERROR_MESSAGES.binaryFrame)
   let text = bytes.toString()
   if (text.startsWith('\uFEFF')) text = text.slice(1)

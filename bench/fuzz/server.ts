@@ -22,9 +22,9 @@ const USER = 'fuzzer'
 /** The fuzz route's frame limit; a second route allows more (see WS_MAX_PAYLOAD_BYTES). */
 export const MAX_PAYLOAD_BYTES = 4096
 /**
- * ws holds one frame limit for all routes, the largest; a route with twice the fuzz route's
- * makes frames between the two reach the plugin's own check (1009 `Message too big`), and
- * larger ones ws's (1009, no reason).
+ * A second route with twice the fuzz route's limit raises ws's global maxPayload above it:
+ * the fuzz route's frames between the two must still be refused at the fuzz route's limit
+ * (ws gets each secured socket's own limit).
  */
 export const WS_MAX_PAYLOAD_BYTES = 2 * MAX_PAYLOAD_BYTES
 

@@ -127,6 +127,8 @@ async function main (): Promise<void> {
     limits: env.limits,
     ...(env.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: env.heartbeatIntervalMs }),
     prometheus: { registry: metrics },
+    // The contract gives SIGTERM 5 s to exit: 2 s of drain leaves room for a slow machine.
+    shutdownTimeoutMs: 2000,
     ...(store === undefined ? {} : { store })
   })
   app.server.headersTimeout = HEADERS_TIMEOUT_MS

@@ -87,8 +87,8 @@ export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 3000
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
 export const DEFAULT_REFUSAL_GRACE_MS = 1000
-/** Shorter beats would turn the heartbeat into traffic of its own. */
-export const MIN_HEARTBEAT_INTERVAL_MS = 100
+// Any positive interval is an interval; a short one is the app's trade of traffic for detection.
+export const MIN_HEARTBEAT_INTERVAL_MS = 1
 // setInterval's own ceiling: a longer delay is silently taken as 1 ms.
 const MAX_TIMER_MS = 2 ** 31 - 1
 

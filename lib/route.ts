@@ -111,7 +111,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
         if (telemetry.auditing) telemetry.refused({ type: 'refused', kind: early.kind, ip, origin: request.headers.origin, route: route.url })
         else telemetry.refusals[early.kind]!++
         const { status, reason } = route.closeReasons[early.kind]
-        reply.code(status).header('retry-after', String(early.retryAfter ?? 1)).send({ statusCode: status, code: early.kind, message: reason })
+        reply.code(status).header('retry-after', String(early.retryAfter ?? 1)).header('connection', 'close').send({ statusCode: status, code: early.kind, message: reason })
         return
       }
       return decided(request, reply, done, { admitted: false, kind: early.kind })

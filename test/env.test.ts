@@ -132,8 +132,8 @@ t.test('the hostile-client variables: buffered bytes, auth failures, heartbeat',
     ['WS_MAX_BUFFERED_BYTES', '0', 'WS_MAX_BUFFERED_BYTES must be a positive integer, got "0"'],
     ['WS_MAX_BUFFERED_BYTES', '1mb', 'WS_MAX_BUFFERED_BYTES must be a positive integer, got "1mb"'],
     ['WS_MAX_AUTH_FAILURES_PER_MINUTE', '-1', 'WS_MAX_AUTH_FAILURES_PER_MINUTE must be 0 (off) or a positive integer, got "-1"'],
-    ['WS_HEARTBEAT_INTERVAL_MS', '50', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 100 to 2147483647, got "50"'],
-    ['WS_HEARTBEAT_INTERVAL_MS', 'soon', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 100 to 2147483647, got "soon"'],
+    ['WS_HEARTBEAT_INTERVAL_MS', '2147483648', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 1 to 2147483647, got "2147483648"'],
+    ['WS_HEARTBEAT_INTERVAL_MS', 'soon', 'WS_HEARTBEAT_INTERVAL_MS must be 0 (off) or an integer from 1 to 2147483647, got "soon"'],
     ['WS_ALLOWED_ORIGINS', 'https://*.example.com', 'WS_ALLOWED_ORIGINS must list every origin: wildcards are not supported, got "https://*.example.com"']
   ]
   for (const [name, value, message] of bad) {

@@ -16,7 +16,6 @@
 import { readInt } from './common.js'
 import { fuzz } from './fuzz/driver.js'
 
-
 const format = (n: number): string => Math.round(n).toLocaleString('en-US')
 
 async function main (): Promise<void> {

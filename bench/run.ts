@@ -64,7 +64,6 @@ const PAIR_ROUNDS = readInt('BENCH_PAIR_ROUNDS', 9, 0, 20)
 const MOST_ROUNDS = new Set(['baseline', 'secure'])
 const OUT = resolve(ROOT, process.env.BENCH_OUT ?? 'bench/results.json')
 
-
 interface Target {
   name: string
   label: string

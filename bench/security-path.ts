@@ -81,6 +81,7 @@ const registry = new Registry(store, 0, 1000, new Telemetry(undefined, silentLog
 
 const securedSocket = new FakeSocket()
 // The connection attaches itself to the socket and the registry.
+// eslint-disable-next-line no-new -- constructed for those side effects alone
 new Connection(securedSocket as unknown as WebSocket, route, registry, {
   id: 'c1',
   user: { id: 'u1', scopes: ['bench'], expiresAt: Date.now() + 3600_000 },

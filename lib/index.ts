@@ -112,7 +112,6 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   })
   let largestPayload = options.limits.maxPayloadBytes
 
-
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than 1005.
   fastify.addHook('preClose', async () => {
     const deadline = Date.now() + options.shutdownTimeoutMs

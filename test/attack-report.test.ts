@@ -10,8 +10,23 @@ const T0 = 1_000_000
 
 function counts (phase: string, kind: FloodKind, statuses: Record<string, number>, closeCodes: Record<string, number>, extra: Partial<PhaseCounts> = {}): PhaseCounts {
   return {
-    phase, kind, localAddress: '127.0.0.1', attempts: Object.values(statuses).reduce((a, b) => a + b, 0), statuses, noResponse: 0, errors: {},
-    closeCodes, retryAfter: null, endedByServer: {}, open: 0, maxOpen: 100, capReachedAfterMs: null, openAtSigterm: null, startedAt: 0, stoppedAt: null, ...extra
+    phase,
+    kind,
+    localAddress: '127.0.0.1',
+    attempts: Object.values(statuses).reduce((a, b) => a + b, 0),
+    statuses,
+    noResponse: 0,
+    errors: {},
+    closeCodes,
+    retryAfter: null,
+    endedByServer: {},
+    open: 0,
+    maxOpen: 100,
+    capReachedAfterMs: null,
+    openAtSigterm: null,
+    startedAt: 0,
+    stoppedAt: null,
+    ...extra
   }
 }
 

@@ -225,7 +225,7 @@ t.test('no reconnect after 1008: rate limit exceeded', async (t) => {
 t.test('no reconnect after 1008 at connect: origin not allowed', async (t) => {
   const { url } = await build(t, { route: chatRoute() })
   // Plain `ws` sends no Origin: refused like a page from a foreign site.
-  const h = start(t, url('/ws/alice-1'), { WebSocket: WebSocket, delays: () => 0 })
+  const h = start(t, url('/ws/alice-1'), { WebSocket, delays: () => 0 })
   await until(t, 'closed', () => h.client.state === 'closed')
   t.strictSame(h.closes.map(closeOf), [{ ...frame('originNotAllowed'), kind: 'originNotAllowed', willReconnect: false }])
   await sleep(300)

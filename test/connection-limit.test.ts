@@ -7,7 +7,6 @@ import { Client, type Closed, ORIGIN, SESSIONS, build, connect, eventually, sign
 
 const TOO_MANY = { code: 1008, reason: 'Too many connections' }
 
-
 /** Opens `count` admitted connections of `user` to its own session, one after the other. */
 async function openMany (url: string, user: string, count: number): Promise<Client[]> {
   const clients: Client[] = []

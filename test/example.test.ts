@@ -193,7 +193,6 @@ async function logFlushed (server: ExampleServer): Promise<void> {
   for (let i = 0; i < 200 && !server.stdout.some((line) => line.includes(marker)); i++) await sleep(10)
 }
 
-
 interface HttpAnswer {
   status: number
   headers: IncomingMessage['headers']
@@ -680,10 +679,10 @@ t.test('messages: ping, get_status, and error frames that leave the connection o
     ['{"payload":{}}', 'A message must be a JSON object with a string "type"', 'no type'],
     [JSON.stringify({ type: 'sell_everything' }), 'Unknown message type', 'an unknown type'],
     [JSON.stringify({ type: 'subscribe' }), 'Invalid payload: / Expected object', 'subscribe without payload'],
-    [JSON.stringify({ type: 'subscribe', payload: { channel: 5 } }), "Invalid payload: /channel Expected union value", 'a channel that is not a string'],
+    [JSON.stringify({ type: 'subscribe', payload: { channel: 5 } }), 'Invalid payload: /channel Expected union value', 'a channel that is not a string'],
     [JSON.stringify({ type: 'subscribe', payload: {} }), 'Invalid payload: /channel Expected required property', 'no channel'],
-    [JSON.stringify({ type: 'subscribe', payload: { channel: 'orders' } }), "Invalid payload: /channel Expected union value", 'subscribe to another channel'],
-    [JSON.stringify({ type: 'unsubscribe', payload: { channel: 'orders' } }), "Invalid payload: /channel Expected union value", 'unsubscribe from another channel'],
+    [JSON.stringify({ type: 'subscribe', payload: { channel: 'orders' } }), 'Invalid payload: /channel Expected union value', 'subscribe to another channel'],
+    [JSON.stringify({ type: 'unsubscribe', payload: { channel: 'orders' } }), 'Invalid payload: /channel Expected union value', 'unsubscribe from another channel'],
     ['{"type":"ping","__proto__":{"x":1}}', 'Invalid message: forbidden property name', 'a __proto__ key']
   ]
   for (const [frame, message, what] of errors) {
@@ -812,7 +811,7 @@ t.test('rate limits: invalid frames count; past WS_MAX_MESSAGES_PER_SECOND an er
   t.strictSame(await client.next(), { type: 'error', message: 'Invalid JSON' })
   t.strictSame(await client.next(), { type: 'error', message: 'Unknown message type' })
   t.strictSame(await client.next(), { type: 'error', message: 'Binary frames are not supported' })
-  t.strictSame(await client.next(), { type: 'error', message: "Invalid payload: /channel Expected union value" })
+  t.strictSame(await client.next(), { type: 'error', message: 'Invalid payload: /channel Expected union value' })
   t.strictSame(await client.next(), { type: 'error', message: 'A message must be a JSON object with a string "type"' })
   t.strictSame(await client.next(), RATE_LIMIT_ERROR, 'the sixth frame, a valid ping, is over the limit')
   t.strictSame(await client.nextEvent(), { kind: 'closed', closed: RATE_LIMITED })

@@ -8,7 +8,6 @@ const DISCONNECTED = { code: 4403, reason: 'Disconnected by the server' }
 const EXPIRED = { code: 4401, reason: 'Invalid or expired authentication token' }
 const RATE_LIMITED = { code: 1008, reason: 'Rate limit exceeded' }
 
-
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 function isIdle (app: FastifyInstance): boolean {
@@ -27,7 +26,6 @@ async function expectIdle (t: Test, app: FastifyInstance, message = 'nothing is 
     message
   )
 }
-
 
 function activeTimeouts (): number {
   return process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length

@@ -130,7 +130,7 @@ t.test('prototype pollution attempts are refused and pollute nothing', async (t)
     t.strictSame(await c.next(), FORBIDDEN_KEY, `refused: ${frame}`)
   }
   t.equal(({} as any).polluted, undefined, 'a fresh object has no "polluted"')
-  t.equal(Object.prototype.hasOwnProperty.call(Object.prototype, 'polluted'), false, 'Object.prototype untouched')
+  t.equal(Object.hasOwn(Object.prototype, 'polluted'), false, 'Object.prototype untouched')
   // The handler never ran: the next frame is the ping's answer, not an echo.
   await stillOpen(t, c)
 })

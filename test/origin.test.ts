@@ -3,7 +3,6 @@ import { ORIGIN, build, connect, sign, closeOf, refusalLines } from './helpers.j
 
 const ORIGIN_REFUSED = { code: 1008, reason: 'Origin not allowed' }
 
-
 t.test('an allowed origin connects and its messages are answered', async (t) => {
   const { url } = await build(t)
   const c = await connect(url('/ws/alice-1'), { token: sign('alice'), origin: ORIGIN })

@@ -5,7 +5,6 @@ import { Client, SESSIONS, type Session, build, connect, sign, testRoute, closeO
 const ACCESS_DENIED = { code: 1008, reason: 'Access denied' }
 const INTERNAL_ERROR = { code: 1011, reason: 'Internal server error' }
 
-
 /**
  * The fixture route with a `record` message and a `resolveSession` that both note every
  * call, so a test can tell whether anything of a refused client ever ran.

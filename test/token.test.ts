@@ -9,7 +9,6 @@ import { Client, SECRET, type Session, build, connect, eventually, sign, testRou
 const INVALID_TOKEN = { code: 4401, reason: 'Invalid or expired authentication token' }
 const TRY_AGAIN = { code: 1013, reason: 'Try again later' }
 
-
 const nowS = (): number => Math.floor(Date.now() / 1000)
 
 function base64url (value: unknown): string {

@@ -28,7 +28,6 @@ export interface ExampleServer {
 
 const NOISE = /"msg":"(incoming request|request completed|websocket connection refused)"/
 
-
 function exampleEnv (port: number, secret: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
   // The example's defaults are what is under attack: nothing of ours may tune it.

@@ -74,6 +74,7 @@ process.on('disconnect', () => { stopping = true })
 
 async function main (): Promise<void> {
   let lastPing = Number.NEGATIVE_INFINITY
+  // eslint-disable-next-line no-unmodified-loop-condition -- set by the orchestrator's message and disconnect handlers
   while (!stopping) {
     const started = Date.now()
     const ping = started - lastPing >= PING_EVERY_MS

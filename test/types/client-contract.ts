@@ -73,7 +73,7 @@ chat.on('said', (frame) => {
   const from: string = frame.from
   const type: 'said' = frame.type
   // @ts-expect-error not a field of `said`
-  frame.exp
+  void frame.exp
   return [text, from, type]
 })
 chat.on('refreshed', (frame) => {

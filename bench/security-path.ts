@@ -21,7 +21,7 @@ import { validateOptions } from '../lib/options.js'
 import { Registry } from '../lib/registry.js'
 import { compileRoute } from '../lib/route.js'
 import { memoryStore } from '../lib/stores/memory.js'
-import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from '../lib/messages.js'
+import type { OutboundSchemas, SecureWsRouteOptions, SessionBase } from '../lib/types.js'
 import { BENCH_ORIGIN, answerPlainly } from './common.js'
 
 const { values: args } = parseArgs({

@@ -1,10 +1,6 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { CloseKind } from './close-codes.js'
-import type { SessionBase } from './messages.js'
-import type { SecureWsUser } from './options.js'
-import type { CompiledRoute } from './route.js'
-import type { TokenRefusal } from './telemetry.js'
 import { readToken, refusalOf } from './token.js'
+import type { CloseKind, CompiledRoute, SecureWsUser, SessionBase, TokenRefusal } from './types.js'
 
 export interface Admitted {
   readonly admitted: true

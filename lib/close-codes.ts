@@ -1,3 +1,5 @@
+import type { CloseKind, CloseReason } from './types.js'
+
 /**
  * Every way the plugin ends or refuses a connection, with its close code, its close reason
  * and the HTTP status used when `rejectWith: 'http'` refuses before the upgrade.
@@ -23,9 +25,7 @@ export const DEFAULT_CLOSE_REASONS = {
   slowConsumer: { code: 1013, reason: 'Slow consumer', status: 503 },
   heartbeatTimeout: { code: 4408, reason: 'No answer to ping', status: 408 },
   shuttingDown: { code: 1001, reason: 'Server shutting down', status: 503 }
-} as const
-
-export type CloseKind = keyof typeof DEFAULT_CLOSE_REASONS
+} as const satisfies Record<CloseKind, CloseReason>
 
 /**
  * Refusals answered with their HTTP status before the upgrade, whatever `rejectWith` says:
@@ -33,17 +33,6 @@ export type CloseKind = keyof typeof DEFAULT_CLOSE_REASONS
  * would cost the very resources they protect.
  */
 export const HTTP_ONLY_REFUSALS: ReadonlySet<CloseKind> = new Set<CloseKind>(['tooManyAuthFailures', 'tooManyPendingUpgrades'])
-
-export interface CloseReason {
-  /** WebSocket close code: 1000-1014 except 1004-1006, or 3000-4999. */
-  code: number
-  /** Close reason, at most 123 bytes of UTF-8. */
-  reason: string
-  /** HTTP status used instead of a close frame when `rejectWith` is `'http'`. */
-  status: number
-}
-
-export type CloseReasons = Readonly<Record<CloseKind, Readonly<CloseReason>>>
 
 /** Largest close reason RFC 6455 allows: 125 bytes of control payload less the 2-byte code. */
 export const MAX_CLOSE_REASON_BYTES = 123

@@ -1,14 +1,10 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import { checkRevocation, isThenable, isUser, then } from './admission.js'
-import { isSendableCloseCode, isSendableCloseReason, type CloseKind } from './close-codes.js'
-import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope, type CompiledMessage, type SecureWsConnection, type SessionBase } from './messages.js'
-import type { SecureWsUser } from './options.js'
-import type { CompiledRoute } from './route.js'
-import type { Registry } from './registry.js'
-import type { MessageCounter } from './stores/types.js'
-import type { InvalidMessageKind, TokenRefusal } from './telemetry.js'
+import { isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
+import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope } from './messages.js'
 import { refusalOf } from './token.js'
+import type { CloseKind, CompiledMessage, CompiledRoute, ConnectionRegistry, InvalidMessageKind, MessageCounter, RegisteredConnection, SecureWsConnection, SecureWsUser, SessionBase, TokenRefusal } from './types.js'
 
 // parseEnvelope answers with the error frame's text; the audit event names its kind.
 const ENVELOPE_ERRORS = new Map<string, InvalidMessageKind>([
@@ -47,7 +43,7 @@ export interface ConnectionInit {
  * expiry watch), its message counter and its slot, and lets go of all of them exactly once
  * when the socket closes.
  */
-export class Connection implements SecureWsConnection {
+export class Connection implements SecureWsConnection, RegisteredConnection {
   // V8 lays fields out in declaration order: the four every message reads come first, next
   // to each other, as the object is usually cold in the CPU's caches when a message arrives.
   #closing = false
@@ -63,7 +59,7 @@ export class Connection implements SecureWsConnection {
   readonly limitKey: string
   /** Topics subscribed to; created on the first subscription, as most connections have none. */
   topics: Set<string> | undefined
-  readonly #registry: Registry
+  readonly #registry: ConnectionRegistry
   readonly #release: () => void
   #ended = false
   /** Whether the peer has answered the last ping (see heartbeat). */
@@ -76,7 +72,7 @@ export class Connection implements SecureWsConnection {
   /** When it opened, kept only while an audit hook listens (0 otherwise). */
   readonly #openedAt: number
 
-  constructor (socket: WebSocket, route: CompiledRoute, registry: Registry, init: ConnectionInit) {
+  constructor (socket: WebSocket, route: CompiledRoute, registry: ConnectionRegistry, init: ConnectionInit) {
     this.id = init.id
     this.user = init.user
     this.session = init.session

@@ -1,5 +1,5 @@
 import type { Static, TSchema } from '@sinclair/typebox'
-import type { DefineMessage, MessageMap, OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
+import type { DefineMessage, MessageMap, OutboundSchemas, SecureWsRouteOptions, SessionBase } from './types.js'
 
 /**
  * Route options whose message definitions (`M`) keep their exact type, so that the route's

@@ -1,6 +1,7 @@
 import { InvalidEnvError } from './errors.js'
-import { MIN_HEARTBEAT_INTERVAL_MS, type Limits, type ServerLimits } from './options.js'
+import { MIN_HEARTBEAT_INTERVAL_MS } from './options.js'
 import { parseOrigin } from './origin.js'
+import type { Limits, ServerLimits } from './types.js'
 
 /** Environment variables `optionsFromEnv` reads, and the limit each one sets. */
 export const ENV_LIMITS: ReadonlyArray<readonly [string, keyof Limits]> = [

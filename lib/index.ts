@@ -4,11 +4,10 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { WebSocket } from 'ws'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
-import type { OutboundMessage, OutboundSchemas, SecureWsRouteOptions, SessionBase } from './messages.js'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
 import { InvalidOptionError, RegistrationOrderError } from './errors.js'
-import { validateOptions, type Limits, type SecureWsOptions } from './options.js'
-import { Registry, type SecureWsStats } from './registry.js'
+import { validateOptions } from './options.js'
+import { Registry } from './registry.js'
 import { connectionOf } from './connection.js'
 import { registerPrometheusMetrics } from './prometheus.js'
 import { Telemetry } from './telemetry.js'
@@ -16,61 +15,10 @@ import { declareRoute, kSecuredUpgrade } from './route.js'
 import { BEARER_PROTOCOL, takeQueryToken } from './token.js'
 import { UpgradeGuard } from './upgrade-guard.js'
 import { answerUpgrade } from './early-answer.js'
+import type { Limits, PublishOptions, RevokeOptions, SecureWsApi, SecureWsOptions } from './types.js'
 
 // ws's own default when the app registered @fastify/websocket without a maxPayload.
 const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
-
-/** What `fastify.secureWs` offers, on the instance (and prefix) it is read from. */
-export interface SecureWsApi {
-  /**
-   * Declares a secured WebSocket route on this instance, under its prefix and hooks. The
-   * session type comes from `resolveSession`, `params` from `url`, each payload from its
-   * schema and what `send` takes from `outbound`.
-   */
-  route<S extends SessionBase, O extends OutboundSchemas = Record<never, never>, Url extends string = string>(options: SecureWsRouteOptions<S, O, Url>): void
-  /**
-   * Sends an outbound message to every subscriber of `topic`, on every instance sharing the
-   * store (only this one with `{ local: true }`: a feed every instance produces itself);
-   * resolves with how many got it here. Rejects with `StoreUnavailableError` when the other
-   * instances could not be told (local subscribers have it already). The body is serialised
-   * once per route; a subscriber that has stopped reading is cut off, never queued for
-   * past `maxBufferedBytes`.
-   *
-   * Given the outbound schemas' type, `type` and `body` are checked against them:
-   * `publish<typeof outbound>('room:r1', 'said', { text })`.
-   */
-  publish (topic: string, type: string, body: unknown, options?: PublishOptions): Promise<number>
-  publish<O extends OutboundSchemas> (topic: string, ...message: [...OutboundMessage<O>, options?: PublishOptions]): Promise<number>
-  /**
-   * Closes every connection of `userId` on every instance sharing the store, by default with
-   * 4403 `Disconnected by the server`; resolves with how many closed here. Rejects with
-   * `StoreUnavailableError` when the other instances could not be told.
-   */
-  disconnectUser (userId: string, code?: number, reason?: string): Promise<number>
-  /**
-   * Logs `userId` out everywhere: closes their connections on every instance sharing the
-   * store with 4403 `Logged out`, and refuses (4401, at connect and at refresh) every
-   * credential of theirs issued at or before `issuedBefore` (default: now), or without an
-   * issue time, for `ttlMs` (default 24 h: make it at least your longest token lifetime).
-   * Resolves with how many connections closed here. Rejects with `StoreUnavailableError`
-   * when the store could not record the revocation (connections here are closed anyway).
-   */
-  revokeUser (userId: string, options?: RevokeOptions): Promise<number>
-  /** Open connections, slots and timers, for monitoring and leak tests. */
-  stats (): SecureWsStats
-}
-
-export interface PublishOptions {
-  /** Only this instance's subscribers. @default false */
-  local?: boolean
-}
-
-export interface RevokeOptions {
-  /** Credentials issued at or before this time (ms since the epoch) are revoked. @default Date.now() */
-  issuedBefore?: number
-  /** How long the revocation holds, in ms. @default 86400000 (24 h) */
-  ttlMs?: number
-}
 
 const DEFAULT_REVOCATION_TTL_MS = 24 * 60 * 60 * 1000
 
@@ -280,14 +228,20 @@ export { optionsFromEnv, type EnvOptions } from './env.js'
 export { withoutQueryToken } from './token.js'
 export { memoryStore, MemoryStore, type MemoryStoreOptions } from './stores/memory.js'
 export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.js'
-export type { SecureWsStore, MessageCounter, StoreStats, RateLimits, BroadcastEvent, StoreContext } from './stores/types.js'
-export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS, type Limits, type ServerLimits, type SecureWsOptions, type SecureWsUser, type VerifyToken, type PrometheusRegistry } from './options.js'
-export type { SecureWsAuditEvent, AuditHook, TokenRefusal, InvalidMessageKind } from './telemetry.js'
+export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS } from './options.js'
 export { defineRoute, type RouteContract, type RouteDefinition } from './contract.js'
-export { DEFAULT_CLOSE_REASONS, type CloseKind, type CloseReason } from './close-codes.js'
-export { ERROR_MESSAGES, type MessageDefinition, type MessageOptions, type MessageHandler, type DefineMessage, type PayloadOf, type OutboundSchemas, type OutboundMessage, type ParamsBase, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase, type ResolveSessionContext } from './messages.js'
-export type { RouteParams } from './route-params.js'
-export type { SchemaLike, ObjectSchemaLike, StaticOf } from './schema-shape.js'
-export type { JwtOptions, JwtClaims } from './token.js'
-export type { SecureWsStats } from './registry.js'
+export { DEFAULT_CLOSE_REASONS } from './close-codes.js'
+export { ERROR_MESSAGES } from './messages.js'
 export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError, RegistrationOrderError } from './errors.js'
+export type {
+  SecureWsApi, PublishOptions, RevokeOptions,
+  SecureWsStore, MessageCounter, StoreStats, RateLimits, BroadcastEvent, StoreContext,
+  Limits, ServerLimits, SecureWsOptions, SecureWsUser, VerifyToken, PrometheusRegistry,
+  SecureWsAuditEvent, AuditHook, TokenRefusal, InvalidMessageKind,
+  CloseKind, CloseReason,
+  MessageDefinition, MessageOptions, MessageHandler, DefineMessage, PayloadOf, OutboundSchemas, OutboundMessage,
+  ParamsBase, SecureWsConnection, SecureWsRouteOptions, SessionBase, ResolveSessionContext,
+  RouteParams, SchemaLike, ObjectSchemaLike, StaticOf,
+  JwtOptions, JwtClaims,
+  SecureWsStats
+} from './types.js'

@@ -1,12 +1,9 @@
-import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { TObject, TSchema } from '@sinclair/typebox'
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
 import fastJson from 'fast-json-stringify'
 import secureJson from 'secure-json-parse'
 import { InvalidRouteError } from './errors.js'
-import type { Limits, SecureWsUser } from './options.js'
-import type { RouteParams } from './route-params.js'
-import type { ObjectSchemaLike, SchemaLike, StaticOf } from './schema-shape.js'
+import type { CompiledMessage, DefineMessage, MessageDefinition, ObjectSchemaLike, OutboundSchemas, OutboundSerializer, SessionBase } from './types.js'
 
 /** The texts of `{"type":"error","message":...}` frames: fixed strings, never an exception's own text. */
 export const ERROR_MESSAGES = {
@@ -22,133 +19,8 @@ export const ERROR_MESSAGES = {
   internal: 'Internal server error'
 } as const
 
-/** Outbound message bodies by type (TypeBox object schemas): the fields that go beside `type`, and no others. */
-export type OutboundSchemas = Record<string, ObjectSchemaLike>
-
-/**
- * The `(type, body)` pairs that outbound schemas `O` allow, for `publish<O>(topic, type, body)`:
- * `OutboundMessage<{ said: TObject<{ text: TString }> }>` is `['said', { text: string }]`.
- */
-export type OutboundMessage<O extends OutboundSchemas> = { [K in keyof O & string]: [type: K, body: StaticOf<O[K]>] }[keyof O & string]
-
-/** A route's URL parameters by name; the default when the route's URL is not known. */
-export type ParamsBase = Readonly<Record<string, string | undefined>>
-
-/** A session the route resolved; `ownerId` must be the connected user's id. */
-export interface SessionBase {
-  ownerId: string
-}
-
-/** What every message handler gets: the connection, its user and session, and ways to answer. */
-export interface SecureWsConnection<S extends SessionBase = SessionBase, O extends OutboundSchemas = OutboundSchemas, Params extends ParamsBase = Record<string, string>> {
-  /** Unique within this process; appears in every log line about the connection. */
-  readonly id: string
-  readonly user: SecureWsUser
-  readonly session: S
-  /** The route's URL parameters, typed from the route's `url` (`'/rooms/:roomId'`: `{ roomId: string }`). */
-  readonly params: Readonly<Params>
-  /** Request logger bound to this connection's user and id. */
-  readonly log: FastifyBaseLogger
-  /** Sends a declared outbound message; fields its schema does not declare are dropped. False once closed. */
-  send<K extends keyof O & string>(type: K, body: StaticOf<O[K]>): boolean
-  /** Sends `{"type":"error","message":...}`. */
-  sendError (message: string): boolean
-  /** Receives what `fastify.secureWs.publish(topic, ...)` sends, until unsubscribed or closed. */
-  subscribe (topic: string): void
-  unsubscribe (topic: string): void
-  isSubscribed (topic: string): boolean
-  /** Closes the connection; code and reason default to 1000 and an empty reason. */
-  close (code?: number, reason?: string): void
-  /**
-   * Replaces the connection's credential with `token` without reconnecting. The token goes
-   * through every check of a connect-time token (`verifyToken` or `jwt`), must name the same
-   * user and must not be revoked; then `user` (expiry, scopes) is the new token's, and the
-   * promise resolves with it. A token that fails closes the connection with 4401 (a verifier
-   * that throws: 1013) and resolves null. Never rejects.
-   */
-  refresh (token: string): Promise<SecureWsUser | null>
-}
-
-/** The payload type a schema describes; `undefined` for a message declared without one. */
-export type PayloadOf<P> = P extends SchemaLike ? StaticOf<P> : undefined
-
-export type MessageHandler<P, S extends SessionBase, O extends OutboundSchemas, Params extends ParamsBase = Record<string, string>> =
-  (connection: SecureWsConnection<S, O, Params>, payload: PayloadOf<P>) => unknown
-
-/** Who may send a message type and what its payload must look like. */
-export interface MessageOptions<P, S extends SessionBase, O extends OutboundSchemas, Params extends ParamsBase = Record<string, string>> {
-  /** TypeBox schema of `payload`; without one the message takes no payload. */
-  payload?: P
-  /** Every scope listed must be among the user's scopes, else `Forbidden`. */
-  scopes?: readonly string[]
-  /** Further per-message check: false answers `Forbidden`; throwing or rejecting (it could not decide) answers `Internal server error`. */
-  authorize?: (connection: SecureWsConnection<S, O, Params>, payload: PayloadOf<P>) => boolean | Promise<boolean>
-}
-
-/** One inbound message type: its payload schema, who may send it, and what it does. */
-export interface MessageDefinition<P, S extends SessionBase, O extends OutboundSchemas, Params extends ParamsBase = Record<string, string>> extends MessageOptions<P, S, O, Params> {
-  /** Runs for each valid, authorised message. Throwing or rejecting answers `Internal server error`. */
-  handler: MessageHandler<P, S, O, Params>
-}
-
-/**
- * Declares one message type with its handler's payload type inferred from the schema:
- * `message(handler)` for a message without payload, `message({ payload, scopes }, handler)`.
- */
-export interface DefineMessage<S extends SessionBase, O extends OutboundSchemas, Params extends ParamsBase = Record<string, string>> {
-  (handler: MessageHandler<undefined, S, O, Params>): MessageDefinition<undefined, S, O, Params>
-  // Without a schema there is nothing to infer the payload's type from but the `any` of the
-  // message map around the call; this overload says it is `undefined`.
-  (options: MessageOptions<undefined, S, O, Params> & { payload?: undefined }, handler: MessageHandler<undefined, S, O, Params>): MessageDefinition<undefined, S, O, Params>
-  <P extends SchemaLike | undefined = undefined>(options: MessageOptions<P, S, O, Params>, handler: MessageHandler<P, S, O, Params>): MessageDefinition<P, S, O, Params>
-}
-
-export type MessageMap<S extends SessionBase, O extends OutboundSchemas, Params extends ParamsBase = Record<string, string>> = Record<string, MessageDefinition<any, S, O, Params>>
-
 export const defineMessage: DefineMessage<any, any, any> = (first: unknown, second?: unknown) =>
   (typeof first === 'function' ? { handler: first } : { ...(first as object), handler: second }) as MessageDefinition<any, any, any>
-
-export interface ResolveSessionContext<Params extends ParamsBase = Record<string, string>> {
-  request: FastifyRequest
-  user: SecureWsUser
-  params: Readonly<Params>
-}
-
-export interface SecureWsRouteOptions<S extends SessionBase, O extends OutboundSchemas, Url extends string = string> {
-  /**
-   * Route URL, with parameters as in any Fastify route; they type `params`
-   * (`'/ws/rooms/:roomId'`: `{ roomId: string }`).
-   */
-  url: Url
-  /** Finds the session the client asks for; nothing, or another owner, refuses with 1008 `Access denied`. */
-  resolveSession: (context: ResolveSessionContext<RouteParams<Url>>) => S | null | undefined | Promise<S | null | undefined>
-  /**
-   * Inbound message types by `type`. The function form hands you `message()`, which infers
-   * each handler's payload type from its schema.
-   */
-  messages: MessageMap<S, O, RouteParams<Url>> | ((message: DefineMessage<S, O, RouteParams<Url>>) => MessageMap<S, O, RouteParams<Url>>)
-  /** Outbound message types: the fields beside `type`, and no others. `error` is built in. */
-  outbound?: O
-  /** Limits for this route; when connection or message limits differ, the route counts them on its own. */
-  limits?: Partial<Limits>
-  /**
-   * Called once an admitted connection is ready, before its first message. Throwing or
-   * rejecting closes the connection with 1011 `Internal server error` and is logged.
-   */
-  onConnect?: (connection: SecureWsConnection<S, O, RouteParams<Url>>) => void | Promise<void>
-  /** Called once when the connection ends, whatever ended it. Throwing or rejecting is logged. */
-  onClose?: (connection: SecureWsConnection<S, O, RouteParams<Url>>) => void | Promise<void>
-}
-
-export interface CompiledMessage {
-  readonly check: TypeCheck<TSchema> | null
-  readonly scopes: readonly string[]
-  readonly authorize: MessageOptions<any, SessionBase, OutboundSchemas>['authorize'] | undefined
-  readonly handler: MessageHandler<any, SessionBase, OutboundSchemas>
-}
-
-/** Serialises one outbound type to its full frame: `{"type":"<name>",...declared fields}`. */
-export type OutboundSerializer = (body: unknown) => string
 
 function hasOpenObject (schema: unknown): boolean {
   if (typeof schema !== 'object' || schema === null) return false

@@ -1,74 +1,10 @@
-import type { FastifyRequest } from 'fastify'
-import type { Algorithm } from 'fast-jwt'
-import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason, type CloseKind, type CloseReason, type CloseReasons } from './close-codes.js'
+import { DEFAULT_CLOSE_REASONS, MAX_CLOSE_REASON_BYTES, isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
 import { InvalidOptionError } from './errors.js'
 import { closestName, refuseUnknownKeys } from './known-keys.js'
 import { createOriginCheck, parseOrigin } from './origin.js'
 import { memoryStore } from './stores/memory.js'
-import type { SecureWsStore } from './stores/types.js'
-import type { AuditHook } from './telemetry.js'
-import { createJwtVerifier, type JwtOptions } from './token.js'
-
-/** Who is on a connection. Returned by `verifyToken`, bound to the connection for its life. */
-export interface SecureWsUser {
-  /** Stable user id: the key for connection slots and rate limits. */
-  id: string
-  /** Granted scopes, checked by a message handler's `scopes`. */
-  scopes: readonly string[]
-  /**
-   * When the credential expires, in ms since the epoch: the connection closes with 4401 then
-   * (with the `jwt` option, `exp` plus its clock tolerance).
-   */
-  expiresAt?: number
-  /**
-   * When the credential was issued, in ms since the epoch (`iat`). A revocation
-   * (`revokeUser`) refuses credentials issued at or before it; one without `issuedAt`
-   * counts as issued before every revocation.
-   */
-  issuedAt?: number
-}
-
-/**
- * Resolves a token to its user, or null/undefined to refuse it (4401). Throwing or rejecting
- * means the verifier could not decide (an identity provider that is down): the upgrade is
- * refused with 1013 `Try again later`, logged once per outage.
- */
-export type VerifyToken = (token: string, request: FastifyRequest) =>
-  SecureWsUser | null | undefined | Promise<SecureWsUser | null | undefined>
-
-/** Per-user limits. Every field is a positive integer. */
-export interface Limits {
-  /** Concurrent connections one user may hold. @default 5 */
-  connectionsPerUser: number
-  /** Inbound messages per user in any one-second span, all connections together. @default 10 */
-  messagesPerSecond: number
-  /** Inbound messages per user in any sixty-second span, all connections together. @default 100 */
-  messagesPerMinute: number
-  /** Largest inbound frame in bytes; a larger one closes the connection with 1009. @default 65536 */
-  maxPayloadBytes: number
-  /**
-   * Outbound bytes that may wait for one client (one that stopped reading); past it the
-   * connection is closed with 1013 `Slow consumer` and its socket ended, and what was queued
-   * for it is freed. @default 1048576
-   */
-  maxBufferedBytes: number
-}
-
-/** Limits on the whole server and on client addresses; set in the plugin's `limits`, not per route. */
-export interface ServerLimits {
-  /**
-   * Upgrades from one client address refused with 4401 within a minute before that address
-   * is locked out: further upgrades from it get HTTP 429 with `Retry-After`, whatever their
-   * token, until the oldest of those failures is a minute old. The address is Fastify's
-   * `request.ip`, so Fastify's `trustProxy` decides what it is. `0` turns the lockout off.
-   * @default 30
-   */
-  authFailuresPerMinute: number
-  /** Upgrades from one address still being checked (token, session, slot) at once; more get HTTP 429. @default 64 */
-  pendingUpgradesPerIp: number
-  /** Open connections this process accepts, all routes and users together; more are refused with 1013. `0`: no cap. @default 0 */
-  maxConnections: number
-}
+import { createJwtVerifier } from './token.js'
+import type { AuditHook, CloseKind, CloseReason, CloseReasons, Limits, PrometheusRegistry, ResolvedOptions, SecureWsStore, ServerLimits, VerifyToken } from './types.js'
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   connectionsPerUser: 5,
@@ -91,86 +27,6 @@ export const DEFAULT_REFUSAL_GRACE_MS = 1000
 export const MIN_HEARTBEAT_INTERVAL_MS = 1
 // setInterval's own ceiling: a longer delay is silently taken as 1 ms.
 const MAX_TIMER_MS = 2 ** 31 - 1
-
-export interface SecureWsOptions {
-  /**
-   * Allowed `Origin` values, each exactly `scheme://host[:port]`. Required: there is no
-   * allow-all default. A missing or other origin is refused with 1008 `Origin not allowed`.
-   */
-  origins: readonly string[]
-  /** Admit clients that send no `Origin` (non-browser clients). @default false */
-  allowMissingOrigin?: boolean
-  /** Resolves a token to a user. Give this or `jwt`, not both. */
-  verifyToken?: VerifyToken
-  /** Verifies JWTs with fast-jwt; `sub` becomes the user id, `scope` the scopes. */
-  jwt?: JwtOptions
-  /** Default limits for every route (a route may override these), and the server-wide ones. */
-  limits?: Partial<Limits & ServerLimits>
-  /** Where slots and message counts live. @default memoryStore() */
-  store?: SecureWsStore
-  /** Overrides for close codes, reasons and HTTP statuses, by refusal. */
-  closeReasons?: Partial<Record<CloseKind, Partial<CloseReason>>>
-  /**
-   * `'close'` completes the upgrade and sends a close frame a browser can read;
-   * `'http'` refuses the upgrade with the HTTP status instead (403/401/403/429).
-   * @default 'close'
-   */
-  rejectWith?: 'close' | 'http'
-  /** How long `fastify.close()` waits for clients to answer the 1001 close before cutting them off. @default 3000 */
-  shutdownTimeoutMs?: number
-  /**
-   * How often every connection is pinged, in ms. A connection that has not answered the
-   * previous ping when the next one is due is closed with 4408 and cut off, which frees its
-   * slot: a client that vanished without closing (a dropped network, a sleeping laptop)
-   * would otherwise hold one of its user's `connectionsPerUser` until TCP gives up, often
-   * hours later. `0` turns the heartbeat off. @default 30000
-   */
-  heartbeatIntervalMs?: number
-  /**
-   * How long a socket the server refused or closed may take to answer the close frame, in ms.
-   * The server stops reading it at once (nothing a refused client sends is processed) and
-   * ends it after this grace whether or not the client answered: ws alone would hold it for
-   * 30 s. @default 1000
-   */
-  refusalGraceMs?: number
-  /**
-   * Receives one event per refusal, connection, close, rate limit, forbidden or invalid
-   * message, refresh and lockout, for a SIEM or an audit log. Events never carry a token or a
-   * payload. Called synchronously; a hook that throws is logged and ignored.
-   */
-  audit?: AuditHook
-  /**
-   * Exposes the plugin's counters through prom-client (an optional peer dependency): give the
-   * prom-client `Registry` to register `secure_ws_connections`, `secure_ws_refusals_total`,
-   * `secure_ws_closes_total` and `secure_ws_messages_total` on (`register` for the default one).
-   */
-  prometheus?: { registry: PrometheusRegistry }
-}
-
-/** The part of a prom-client `Registry` the plugin uses (structural, so prom-client stays optional). */
-export interface PrometheusRegistry {
-  registerMetric (metric: never): void
-  getSingleMetric (name: string): unknown
-}
-
-/** The options every other module reads: complete, validated, frozen. */
-export interface ResolvedOptions {
-  readonly isOriginAllowed: (header: string | undefined) => boolean
-  readonly verifyToken: VerifyToken
-  /** How long past `expiresAt` a credential is still honoured: the JWT clock tolerance, else 0. */
-  readonly expiryGraceMs: number
-  readonly limits: Readonly<Limits>
-  readonly serverLimits: Readonly<ServerLimits>
-  readonly store: SecureWsStore
-  readonly closeReasons: CloseReasons
-  readonly rejectWith: 'close' | 'http'
-  readonly shutdownTimeoutMs: number
-  /** 0 when the heartbeat is off. */
-  readonly heartbeatIntervalMs: number
-  readonly refusalGraceMs: number
-  readonly audit: AuditHook | undefined
-  readonly prometheus: PrometheusRegistry | undefined
-}
 
 const KNOWN_OPTIONS = ['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'audit', 'prometheus']
 // Fastify hands its own register options to the plugin with ours.
@@ -323,5 +179,3 @@ export function validateOptions (raw: unknown): ResolvedOptions {
     prometheus: prometheus?.registry as PrometheusRegistry | undefined
   })
 }
-
-export type { Algorithm }

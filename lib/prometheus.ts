@@ -1,6 +1,5 @@
-import type { PrometheusRegistry } from './options.js'
-import type { SecureWsStats } from './registry.js'
 import { CLOSE_KINDS, REFUSAL_KINDS } from './telemetry.js'
+import type { PrometheusRegistry, SecureWsStats } from './types.js'
 
 /** The prom-client constructors the metrics need (prom-client is an optional peer). */
 interface PromClient {

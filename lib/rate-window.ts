@@ -1,3 +1,8 @@
+import type { RateLimits } from './types.js'
+
+// lib/stores/redis.ts imports RateLimits from here; re-exported until it imports it from '../types.js'.
+export type { RateLimits }
+
 /** What a rate limit window offers: how many events the last window holds, and one more. */
 export interface RateWindow {
   /** Events counted over the span that covers the last window ending at `now`. */
@@ -147,14 +152,6 @@ const MINUTE_BUCKETS = 60
 
 function windowFor (windowMs: number, buckets: number, limit: number): RateWindow {
   return limit <= EXACT_LIMIT_MAX ? new SlidingLog(windowMs, limit) : new SlidingWindowCounter(windowMs, buckets)
-}
-
-/** Limits a rate counter enforces. */
-export interface RateLimits {
-  /** Most inbound messages in any one-second span. */
-  messagesPerSecond: number
-  /** Most inbound messages in any sixty-second span. */
-  messagesPerMinute: number
 }
 
 /** One user's message counts over the one-second and sixty-second windows. */

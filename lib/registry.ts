@@ -1,44 +1,20 @@
 import { randomBytes } from 'node:crypto'
 import type { WebSocket } from 'ws'
-import type { CloseKind } from './close-codes.js'
 import { HangUps } from './hang-up.js'
 import { addTo, removeFrom, sizes } from './keyed-sets.js'
-import type { Connection } from './connection.js'
-import type { SecureWsStore, StoreStats } from './stores/types.js'
 import type { Telemetry } from './telemetry.js'
-
-/** What `fastify.secureWs.stats()` reports; every count drops back once connections end. */
-export interface SecureWsStats {
-  /** Open connections in this process. */
-  connections: number
-  /** Open connections by user id. */
-  users: Record<string, number>
-  /** Topics with at least one subscriber in this process. */
-  topics: number
-  /** Connections whose credential expiry is being watched (by one shared timer). */
-  timers: number
-  /** Sockets the server closed or refused whose peer has not closed its side yet (each gone within `refusalGraceMs`). */
-  closing: number
-  /** Upgrades refused, by refusal (every kind listed from 0). */
-  refusals: Record<string, number>
-  /** Admitted connections the server closed, by why (every kind listed from 0); closes the client started are not counted. */
-  closes: Record<string, number>
-  /** Inbound frames on admitted connections, valid or not (not those refused for their size). */
-  messages: number
-  /** The store's own holdings. */
-  store: StoreStats
-}
+import type { CloseKind, ConnectionRegistry, RegisteredConnection, SecureWsStats, SecureWsStore } from './types.js'
 
 /** How often expiring connections are checked; a token is honoured at most this long past `exp`. */
 const EXPIRY_CHECK_MS = 250
 
 /** The open connections of this process, by user and by topic. */
-export class Registry {
-  readonly #connections = new Set<Connection>()
-  readonly #byUser = new Map<string, Set<Connection>>()
-  readonly #byTopic = new Map<string, Set<Connection>>()
+export class Registry implements ConnectionRegistry {
+  readonly #connections = new Set<RegisteredConnection>()
+  readonly #byUser = new Map<string, Set<RegisteredConnection>>()
+  readonly #byTopic = new Map<string, Set<RegisteredConnection>>()
   /** Connections whose user has an `expiresAt`; one timer checks them all. */
-  readonly #expiring = new Set<Connection>()
+  readonly #expiring = new Set<RegisteredConnection>()
   readonly #store: SecureWsStore
   readonly #heartbeatIntervalMs: number
   readonly #hangUps: HangUps
@@ -77,7 +53,7 @@ export class Registry {
     this.#hangUps.hangUp(socket, code, reason)
   }
 
-  add (connection: Connection): void {
+  add (connection: RegisteredConnection): void {
     this.#connections.add(connection)
     addTo(this.#byUser, connection.user.id, connection)
     if (connection.user.expiresAt !== undefined) {
@@ -89,7 +65,7 @@ export class Registry {
     if (this.#heartbeat === undefined && this.heartbeats && !this.closing) this.#startHeartbeat()
   }
 
-  remove (connection: Connection): void {
+  remove (connection: RegisteredConnection): void {
     this.#connections.delete(connection)
     removeFrom(this.#byUser, connection.user.id, connection)
     this.#expiring.delete(connection)
@@ -100,7 +76,7 @@ export class Registry {
   }
 
   /** A connection's credential was replaced: its expiry, if any, is the new one's. */
-  refreshed (connection: Connection): void {
+  refreshed (connection: RegisteredConnection): void {
     if (connection.user.expiresAt === undefined) {
       this.#expiring.delete(connection)
     } else {
@@ -126,12 +102,12 @@ export class Registry {
     return closed
   }
 
-  subscribe (connection: Connection, topic: string): void {
+  subscribe (connection: RegisteredConnection, topic: string): void {
     (connection.topics ??= new Set()).add(topic)
     addTo(this.#byTopic, topic, connection)
   }
 
-  unsubscribe (connection: Connection, topic: string): void {
+  unsubscribe (connection: RegisteredConnection, topic: string): void {
     connection.topics?.delete(topic)
     removeFrom(this.#byTopic, topic, connection)
   }

@@ -2,16 +2,16 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { admit, isThenable, type Admission, type Admitted } from './admission.js'
-import { HTTP_ONLY_REFUSALS, type CloseReasons } from './close-codes.js'
+import { HTTP_ONLY_REFUSALS } from './close-codes.js'
 import { Connection } from './connection.js'
 import { InvalidRouteError } from './errors.js'
 import { refuseUnknownKeys } from './known-keys.js'
-import { limitInboundMessages } from './ws-internals.js'
-import { compileMessages, compileOutbound, type CompiledMessage, type OutboundSchemas, type OutboundSerializer, type ResolveSessionContext, type SecureWsConnection, type SecureWsRouteOptions, type SessionBase } from './messages.js'
-import { validateLimits, type Limits, type ResolvedOptions, type VerifyToken } from './options.js'
+import { compileMessages, compileOutbound } from './messages.js'
+import { validateLimits } from './options.js'
 import type { Registry } from './registry.js'
+import type { CompiledRoute, Limits, MessageCounter, OutboundSchemas, ResolvedOptions, SecureWsRouteOptions, SessionBase } from './types.js'
 import type { UpgradeGuard } from './upgrade-guard.js'
-import type { MessageCounter, SecureWsStore } from './stores/types.js'
+import { limitInboundMessages } from './ws-internals.js'
 
 /** Marks a raw request as an upgrade to one of our routes, for the subprotocol choice. */
 export const kSecuredUpgrade = Symbol('fastify-secure-ws.securedUpgrade')
@@ -19,24 +19,6 @@ export const kSecuredUpgrade = Symbol('fastify-secure-ws.securedUpgrade')
 const kAdmission = Symbol('fastify-secure-ws.admission')
 
 type UpgradeRequest = IncomingMessage & { [kSecuredUpgrade]?: true, [kAdmission]?: Admission }
-
-/** Everything the connection path reads about a route, resolved once at declaration. */
-export interface CompiledRoute {
-  readonly url: string
-  readonly limits: Readonly<Limits>
-  /** Prefix of this route's slot and rate keys: empty when it shares the plugin's limits. */
-  readonly limitScope: string
-  readonly store: SecureWsStore
-  readonly closeReasons: CloseReasons
-  readonly isOriginAllowed: (header: string | undefined) => boolean
-  readonly verifyToken: VerifyToken
-  readonly expiryGraceMs: number
-  readonly resolveSession: (context: ResolveSessionContext) => SessionBase | null | undefined | Promise<SessionBase | null | undefined>
-  readonly messages: ReadonlyMap<string, CompiledMessage>
-  readonly serializers: ReadonlyMap<string, OutboundSerializer>
-  readonly onConnect: ((connection: SecureWsConnection) => unknown) | undefined
-  readonly onClose: ((connection: SecureWsConnection) => unknown) | undefined
-}
 
 export interface RouteContext {
   readonly options: ResolvedOptions

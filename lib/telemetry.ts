@@ -1,40 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { CloseKind } from './close-codes.js'
-
-/** Why a token was refused: in the refusal's log line and audit event, never in a close frame. */
-export type TokenRefusal =
-  | 'missing' | 'malformed' | 'badSignature' | 'algorithm' | 'expired' | 'notYetValid'
-  | 'issuedInFuture' | 'claims' | 'rejected' | 'revoked' | 'otherUser' | 'invalid'
-
-/** Why an inbound message was answered with an error frame; never its payload. */
-export type InvalidMessageKind = 'invalidJson' | 'forbiddenKey' | 'binaryFrame' | 'invalidEnvelope' | 'unknownType' | 'invalidPayload'
-
-/**
- * What the `audit` option receives, one event per thing that happened. Events name the user
- * (when known), the client address, the route and the connection; never a token, a payload
- * or a session's data.
- */
-export type SecureWsAuditEvent =
-  /** `route` is the route's URL pattern, or `*` for a locked-out address answered before routing. */
-  | { type: 'refused', kind: CloseKind, userId?: string, ip: string, origin?: string, route: string, tokenRefusal?: TokenRefusal }
-  | { type: 'connected', userId: string, connectionId: string, ip: string, origin?: string, route: string }
-  | {
-    type: 'closed'
-    /** What the server closed it for, or `client` when the client (or the network) ended it. */
-    kind: CloseKind | 'client'
-    code: number
-    userId: string
-    connectionId: string
-    route: string
-    durationMs: number
-  }
-  | { type: 'rateLimited', userId: string, connectionId: string, route: string }
-  | { type: 'forbidden', userId: string, connectionId: string, route: string, messageType: string }
-  | { type: 'invalidMessage', userId: string, connectionId: string, route: string, error: InvalidMessageKind, messageType?: string }
-  | { type: 'refreshed', userId: string, connectionId: string, route: string }
-  | { type: 'lockedOut', ip: string, lockedOutForS: number }
-
-export type AuditHook = (event: SecureWsAuditEvent) => void
+import type { AuditHook, CloseKind, SecureWsAuditEvent, TelemetrySink } from './types.js'
 
 /** Refusals counted in `stats().refusals`, each from 0. */
 export const REFUSAL_KINDS = [
@@ -58,7 +23,7 @@ function zeroes<K extends string> (kinds: readonly K[]): Record<K, number> {
  * The plugin's counters and the app's audit hook. Counting is a field increment, so the
  * per-message path pays nothing else; events are built only when the app listens.
  */
-export class Telemetry {
+export class Telemetry implements TelemetrySink {
   readonly refusals = zeroes<CloseKind>(REFUSAL_KINDS)
   readonly closes = zeroes<CloseKind>(CLOSE_KINDS)
   /** Inbound frames on admitted connections, valid or not (not those refused for their size). */

@@ -1,9 +1,8 @@
 import type { IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
 import { createVerifier, type Algorithm } from 'fast-jwt'
-import type { SecureWsUser, VerifyToken } from './options.js'
 import { refuseUnknownKeys } from './known-keys.js'
-import type { TokenRefusal } from './telemetry.js'
+import type { JwtClaims, JwtOptions, SecureWsUser, TokenRefusal, VerifyToken } from './types.js'
 
 /** Where the query-string token waits once it has been cut out of the request URL. */
 export const kQueryToken = Symbol('fastify-secure-ws.queryToken')
@@ -18,35 +17,6 @@ const ALGORITHMS: readonly Algorithm[] = ['HS256', 'HS384', 'HS512', 'RS256', 'R
 /** fast-jwt's `clockTolerance` is in ms; more than a few seconds turns expiry into a suggestion. */
 export const MAX_CLOCK_TOLERANCE_MS = 5000
 const DEFAULT_CACHE_SIZE = 10_000
-
-export interface JwtClaims {
-  sub?: unknown
-  exp?: unknown
-  iat?: unknown
-  nbf?: unknown
-  scope?: unknown
-  [claim: string]: unknown
-}
-
-export interface JwtOptions {
-  /** HMAC secret, or the PEM public key for RS/PS/ES/EdDSA. */
-  key: string | Buffer
-  /** Accepted algorithms, pinned: a token signed with any other is refused. */
-  algorithms: readonly Algorithm[]
-  /** Required `iss` value(s). */
-  issuer?: string | readonly string[]
-  /** Required `aud` value(s). */
-  audience?: string | readonly string[]
-  /** Allowed clock skew for `exp`, `nbf` and `iat`, in ms, at most 5000. @default 0 */
-  clockToleranceMs?: number
-  /** Verified tokens kept to skip re-verification on reconnect; 0 turns the cache off. @default 10000 */
-  cacheSize?: number
-  /**
-   * Maps verified claims to the user; return null to refuse. The default takes `sub` as the
-   * id and the space-separated `scope` claim as scopes. `expiresAt` defaults to `exp`.
-   */
-  user?: (claims: JwtClaims) => SecureWsUser | null
-}
 
 /**
  * `url` without its `token` query parameter, and the token. A name spelled in any case or

@@ -1,9 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { CloseKind } from './close-codes.js'
 import { isThenable } from './admission.js'
-import type { ServerLimits } from './options.js'
-import type { SecureWsStore } from './stores/types.js'
 import type { Telemetry } from './telemetry.js'
+import type { CloseKind, SecureWsStore, ServerLimits } from './types.js'
 
 /** A refusal decided before any check of the upgrade itself. */
 export interface EarlyRefusal {

@@ -1,5 +1,5 @@
 import { RateCounter } from '../rate-window.js'
-import type { MessageCounter } from './types.js'
+import type { MessageCounter } from '../types.js'
 
 /**
  * A user's message counts as a store keeps them: shared by every connection of that user,

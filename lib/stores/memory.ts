@@ -3,9 +3,8 @@ import { InvalidOptionError } from '../errors.js'
 import { refuseUnknownKeys } from '../known-keys.js'
 import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { Revocations } from '../revocations.js'
-import type { RateLimits } from '../rate-window.js'
+import type { MessageCounter, RateLimits, SecureWsStore, StoreStats } from '../types.js'
 import { HeldRateCounter } from './held-counter.js'
-import type { MessageCounter, SecureWsStore, StoreStats } from './types.js'
 
 export interface MemoryStoreOptions {
   /**

@@ -2,7 +2,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import { checkRevocation, isThenable, isUser, then } from './admission.js'
 import { isSendableCloseCode, isSendableCloseReason } from './close-codes.js'
-import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope } from './messages.js'
+import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope } from './inbound.js'
 import { refusalOf } from './token.js'
 import type { CloseKind, CompiledMessage, CompiledRoute, ConnectionRegistry, InvalidMessageKind, MessageCounter, RegisteredConnection, SecureWsConnection, SecureWsUser, SessionBase, TokenRefusal } from './types.js'
 

@@ -231,7 +231,7 @@ export { redisStore, RedisStore, type RedisStoreOptions } from './stores/redis.j
 export { DEFAULT_LIMITS, DEFAULT_SERVER_LIMITS } from './options.js'
 export { defineRoute, type RouteContract, type RouteDefinition } from './contract.js'
 export { DEFAULT_CLOSE_REASONS } from './close-codes.js'
-export { ERROR_MESSAGES } from './messages.js'
+export { ERROR_MESSAGES } from './inbound.js'
 export { InvalidOptionError, InvalidEnvError, InvalidRouteError, StoreUnavailableError, RegistrationOrderError } from './errors.js'
 export type {
   SecureWsApi, PublishOptions, RevokeOptions,

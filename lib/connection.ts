@@ -224,7 +224,7 @@ export class Connection implements SecureWsConnection, RegisteredConnection {
   }
 
   // Shared by every connection and called with the socket as `this`: a listener per
-  // connection (two closures and their scope) would cost ~190 B of each connection's memory.
+  // connection would add two closures and their scope to each connection's memory.
   static readonly #onMessage = function (this: WebSocket, data: RawData, isBinary: boolean): void {
     (this as OwnedSocket)[kConnection].#receive(data, isBinary)
   }

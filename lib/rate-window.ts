@@ -76,9 +76,8 @@ function ringIndex (tick: number, size: number): number {
  * (each user's counter is touched once per message of that user, between which the kernel's
  * network path runs), so what it reads is kept to this object's own fields, all small
  * integers: the current bucket's count stays here, and the ring of closed buckets is only
- * touched when the clock moves into a new bucket. In `perf` at 10,000 messages/s (bench/),
- * the check took 0.73-0.83 us per message when it read the ring and a boxed start time every
- * time, 0.39-0.52 us this way, of the server's ~50 us per message.
+ * touched when the clock moves into a new bucket. Reading the ring and a boxed start time on
+ * every check cost measurably more (bench/README.md, "Measurements behind code choices").
  */
 export class SlidingWindowCounter implements RateWindow {
   // V8 lays fields out in this order: the five every check reads fill the object's first 64 bytes.

@@ -136,7 +136,7 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       // the client can see its own 'close' event; a client that reconnects at once finds
       // the slot free. The upgrade's response emits 'close' when the socket closes: listening
       // there, not on the socket, keeps the socket's 'close' listeners at the two Node and ws
-      // put there (a third grows their array ~150 B for the connection's life). `release`
+      // put there (a third grows their array, for the connection's life). `release`
       // acts once, so plain `on` listeners do (and cost less).
       socket?.on('finish', admission.release)
       reply.raw.on('close', admission.release)

@@ -188,7 +188,7 @@ export function createJwtVerifier (raw: unknown, fail: (message: string) => neve
     // One user object may now serve many connections, so none of them can change it.
     // `expiresAt` is `exp` itself; the clock tolerance is applied where it is checked (expiryGraceMs).
     // Copied by rest destructuring, not by a spread: in optimised code V8 gives every frozen
-    // spread copy a hidden class of its own (~150 B more per cached user). An own `__proto__`
+    // spread copy a hidden class of its own, more memory per cached user. An own `__proto__`
     // (a mapper that copies claims) is left out rather than allowed near the prototype.
     const { __proto__: _prototype, ...copy } = mapped as unknown as Record<string, unknown>
     copy.scopes = Object.freeze([...mapped.scopes])

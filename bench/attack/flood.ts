@@ -245,7 +245,7 @@ process.on('message', (command: FloodCommand) => {
       for (const socket of sockets) socket.destroy()
       setImmediate(() => {
         report({ type: 'snapshot', snapshot: snapshot() })
-        process.disconnect()
+        process.disconnect?.()
       })
       break
   }

@@ -87,7 +87,7 @@ async function main (): Promise<void> {
   }
   if (process.connected) {
     report({ type: 'stopped' })
-    process.disconnect()
+    process.disconnect?.()
   }
 }
 

@@ -13,6 +13,7 @@ export const DEFAULT_CLOSE_REASONS = {
   tooManyConnections: { code: 1008, reason: 'Too many connections', status: 429 },
   storeUnavailable: { code: 1013, reason: 'Try again later', status: 503 },
   authUnavailable: { code: 1013, reason: 'Try again later', status: 503 },
+  admissionTimeout: { code: 1013, reason: 'Try again later', status: 503 },
   serverFull: { code: 1013, reason: 'Try again later', status: 503 },
   tooManyAuthFailures: { code: 1008, reason: 'Too many failed authentications', status: 429 },
   tooManyPendingUpgrades: { code: 1013, reason: 'Try again later', status: 429 },

@@ -6,13 +6,6 @@ import { ERROR_MESSAGES, describeInvalidPayload, parseEnvelope } from './inbound
 import { refusalOf } from './token.js'
 import type { CloseKind, CompiledMessage, CompiledRoute, ConnectionRegistry, InvalidMessageKind, MessageCounter, RegisteredConnection, SecureWsConnection, SecureWsUser, SessionBase, TokenRefusal } from './types.js'
 
-// parseEnvelope answers with the error frame's text; the audit event names its kind.
-const ENVELOPE_ERRORS = new Map<string, InvalidMessageKind>([
-  [ERROR_MESSAGES.invalidJson, 'invalidJson'],
-  [ERROR_MESSAGES.forbiddenKey, 'forbiddenKey'],
-  [ERROR_MESSAGES.invalidEnvelope, 'invalidEnvelope']
-])
-
 /** The connection a socket belongs to, so that two shared listeners serve every socket. */
 const kConnection = Symbol('fastify-secure-ws.connection')
 
@@ -67,7 +60,7 @@ export class Connection implements SecureWsConnection, RegisteredConnection {
   // @fastify/websocket's error listener holds the request for the connection's life anyway.
   readonly #request: FastifyRequest
   /** Why the server closed it, and with which code, for the `closed` audit event. */
-  #closedFor: CloseKind | undefined
+  #closedFor: CloseKind | 'app' | undefined
   #closeCode = 0
   /** When it opened, kept only while an audit hook listens (0 otherwise). */
   readonly #openedAt: number
@@ -177,6 +170,11 @@ export class Connection implements SecureWsConnection, RegisteredConnection {
   close (code = 1000, reason = ''): void {
     if (this.#closing) return
     this.#closing = true
+    if (this.#closedFor === undefined) {
+      // Not through closeFor: the app's own code closed it.
+      this.#closedFor = 'app'
+      this.#closeCode = code
+    }
     // Over for the server: no longer open, pinged, published to or counted.
     this.#release()
     this.#registry.remove(this)
@@ -303,7 +301,7 @@ export class Connection implements SecureWsConnection, RegisteredConnection {
     }
     const envelope = parseEnvelope(frame)
     if (typeof envelope === 'string') {
-      this.#invalid(ENVELOPE_ERRORS.get(envelope) ?? 'invalidEnvelope', envelope)
+      this.#invalid(envelope, ERROR_MESSAGES[envelope])
       return
     }
     const type = envelope.type

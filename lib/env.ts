@@ -1,5 +1,5 @@
 import { InvalidEnvError } from './errors.js'
-import { MIN_HEARTBEAT_INTERVAL_MS } from './options.js'
+import { MAX_TIMER_MS, MIN_HEARTBEAT_INTERVAL_MS, isHeartbeatInterval, isWildcardOrigin } from './options.js'
 import { parseOrigin } from './origin.js'
 import type { Limits, ServerLimits } from './types.js'
 
@@ -16,9 +16,6 @@ export const ENV_LIMITS: ReadonlyArray<readonly [string, keyof Limits]> = [
 export const ENV_SERVER_LIMITS: ReadonlyArray<readonly [string, keyof ServerLimits]> = [
   ['WS_MAX_AUTH_FAILURES_PER_MINUTE', 'authFailuresPerMinute']
 ]
-
-// setInterval's ceiling.
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 export interface EnvOptions {
   /** From `WS_ALLOWED_ORIGINS`; absent when the variable is unset. */
@@ -51,7 +48,7 @@ function zeroOrPositiveInteger (name: string, value: string): number {
 
 function heartbeatInterval (name: string, value: string): number {
   const n = integer(value)
-  if (!(n === 0 || (Number.isSafeInteger(n) && n >= MIN_HEARTBEAT_INTERVAL_MS && n <= MAX_TIMER_MS))) {
+  if (!isHeartbeatInterval(n)) {
     throw new InvalidEnvError(`${name} must be 0 (off) or an integer from ${MIN_HEARTBEAT_INTERVAL_MS} to ${MAX_TIMER_MS}, got "${value}"`)
   }
   return n
@@ -59,7 +56,7 @@ function heartbeatInterval (name: string, value: string): number {
 
 function origins (name: string, value: string): string[] {
   return value.split(',').map((entry) => {
-    if (entry.includes('*')) throw new InvalidEnvError(`${name} must list every origin: wildcards are not supported, got "${entry.trim()}"`)
+    if (isWildcardOrigin(entry)) throw new InvalidEnvError(`${name} must list every origin: wildcards are not supported, got "${entry.trim()}"`)
     const origin = parseOrigin(entry.trim())
     if (origin === null) throw new InvalidEnvError(`${name} must be a comma-separated list of scheme://host[:port] origins, got "${entry.trim()}"`)
     return origin

@@ -52,7 +52,8 @@ export interface Envelope {
 const REFUSE_POISON = { protoAction: 'error', constructorAction: 'error' } as const
 
 /**
- * Parses a text frame into `{type, payload}`, or returns the error message to answer with.
+ * Parses a text frame into `{type, payload}`, or returns why it is not one (the key of the
+ * error message to answer with, and the audit event's kind).
  *
  * The result is what `secureJson.parse` would give, without its cost on every message (it
  * saves and restores `Error.stackTraceLimit`, a slow store, and runs two regular expressions
@@ -60,7 +61,7 @@ const REFUSE_POISON = { protoAction: 'error', constructorAction: 'error' } as co
  * spells it out or uses a `\` escape, so a text with none of the three is plain JSON; any
  * other goes through the library's own scan of the parsed value.
  */
-export function parseEnvelope (data: Buffer): Envelope | string {
+export function parseEnvelope (data: Buffer): Envelope | 'invalidJson' | 'invalidEnvelope' | 'forbiddenKey' {
   let text = data.toString()
   // secure-json-parse accepts a leading byte order mark; so does this.
   if (text.charCodeAt(0) === 0xFEFF) text = text.slice(1)
@@ -68,18 +69,18 @@ export function parseEnvelope (data: Buffer): Envelope | string {
   try {
     value = JSON.parse(text)
   } catch {
-    return ERROR_MESSAGES.invalidJson
+    return 'invalidJson'
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return ERROR_MESSAGES.invalidEnvelope
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'invalidEnvelope'
   if (text.includes('\\') || text.includes('__proto__') || text.includes('constructor')) {
     try {
       secureJson.scan(value, REFUSE_POISON)
     } catch {
-      return ERROR_MESSAGES.forbiddenKey
+      return 'forbiddenKey'
     }
   }
   const { type, payload } = value as Record<string, unknown>
-  if (typeof type !== 'string') return ERROR_MESSAGES.invalidEnvelope
+  if (typeof type !== 'string') return 'invalidEnvelope'
   return { type, payload }
 }
 

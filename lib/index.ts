@@ -68,7 +68,8 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
     // half its headers, or nothing, would hold close() until Node's headersTimeout (a minute).
     // Whatever is left when the shutdown time is up is cut off.
     const server = fastify.server
-    const cutOff = setTimeout(() => { server.closeAllConnections() }, Math.max(0, deadline - Date.now()))
+    // HTTP/2 servers have no closeAllConnections.
+    const cutOff = setTimeout(() => { server.closeAllConnections?.() }, Math.max(0, deadline - Date.now()))
     cutOff.unref()
     server.once('close', () => { clearTimeout(cutOff) })
   })
@@ -101,10 +102,10 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
   // are given here, before Fastify builds anything for the request: once the plugin is
   // closing (Fastify's own 503 for a closing server would never end an upgrade's socket),
   // and to a locked-out address, whose flood must cost as little as possible. The lockout is
-  // keyed on `request.ip`; this early check sees the TCP peer, which is `request.ip` unless
-  // Fastify trusts a proxy, and then the route's own check (on `request.ip`) answers instead.
+  // keyed on `request.ip`, and without X-Forwarded-For that is the TCP peer whatever
+  // `trustProxy` says; with it, only the route's own check (on `request.ip`) may answer, or a
+  // client could lock out a proxy's address, and everyone behind the proxy with it.
   const routeRequest = fastify.routing
-  const lockoutOn = options.serverLimits.authFailuresPerMinute > 0
   const lockedOut = options.closeReasons.tooManyAuthFailures
   const lockedOutBody = JSON.stringify({ statusCode: lockedOut.status, code: 'tooManyAuthFailures', message: lockedOut.reason })
   fastify.routing = function routeUpgrade (this: unknown, request, reply) {
@@ -113,13 +114,11 @@ const secureWs: FastifyPluginAsync<SecureWsOptions> = async function secureWs (f
     // `injectWS` upgrades a request with no socket: no peer to lock out or answer early.
     if (socket === undefined) return routeRequest.call(this, request, reply)
     if (registry.closing) return answerUpgrade(socket, 503, {}, '')
-    if (lockoutOn) {
-      const until = store.lockedOutUntil(socket.remoteAddress ?? '')
-      if (until > 0) {
-        telemetry.refusals.tooManyAuthFailures!++
-        if (telemetry.auditing) telemetry.emit({ type: 'refused', kind: 'tooManyAuthFailures', ip: socket.remoteAddress ?? '', origin: request.headers.origin, route: '*' })
-        return answerUpgrade(socket, lockedOut.status, { 'Retry-After': String(Math.max(1, Math.ceil((until - Date.now()) / 1000))), 'Content-Type': 'application/json; charset=utf-8' }, lockedOutBody)
-      }
+    const address = socket.remoteAddress ?? ''
+    const retryAfter = request.headers['x-forwarded-for'] === undefined ? guard.lockedOutFor(address) : 0
+    if (retryAfter > 0) {
+      telemetry.refused('tooManyAuthFailures', () => ({ type: 'refused', kind: 'tooManyAuthFailures', ip: address, origin: request.headers.origin, route: '*' }))
+      return answerUpgrade(socket, lockedOut.status, { 'Retry-After': String(retryAfter), 'Content-Type': 'application/json; charset=utf-8' }, lockedOutBody)
     }
     return routeRequest.call(this, request, reply)
   }

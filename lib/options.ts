@@ -23,12 +23,23 @@ export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 3000
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
 export const DEFAULT_REFUSAL_GRACE_MS = 1000
+export const DEFAULT_ADMISSION_TIMEOUT_MS = 10_000
 // Any positive interval is an interval; a short one is the app's trade of traffic for detection.
 export const MIN_HEARTBEAT_INTERVAL_MS = 1
 // setInterval's own ceiling: a longer delay is silently taken as 1 ms.
-const MAX_TIMER_MS = 2 ** 31 - 1
+export const MAX_TIMER_MS = 2 ** 31 - 1
 
-const KNOWN_OPTIONS = ['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'audit', 'prometheus']
+/** A heartbeat interval the plugin takes: 0 (off), or a timer's range. */
+export function isHeartbeatInterval (value: unknown): value is number {
+  return value === 0 || (isPositiveInteger(value) && value >= MIN_HEARTBEAT_INTERVAL_MS && value <= MAX_TIMER_MS)
+}
+
+/** Origin entries with a `*`: refused with what to do instead, not as malformed. */
+export function isWildcardOrigin (entry: string): boolean {
+  return entry.includes('*')
+}
+
+const KNOWN_OPTIONS = ['origins', 'allowMissingOrigin', 'verifyToken', 'jwt', 'limits', 'store', 'closeReasons', 'rejectWith', 'shutdownTimeoutMs', 'heartbeatIntervalMs', 'refusalGraceMs', 'admissionTimeoutMs', 'audit', 'prometheus']
 // Fastify hands its own register options to the plugin with ours.
 const FASTIFY_REGISTER_OPTIONS = ['prefix', 'logLevel', 'logSerializers']
 const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
@@ -84,7 +95,7 @@ function validateOrigins (value: unknown): string[] {
     fail('origins is required: a non-empty array of exact origins such as "https://app.example.com"')
   }
   return value.map((entry, i) => {
-    if (typeof entry === 'string' && entry.includes('*')) fail(`origins[${i}]: wildcards are not supported; list every origin that may connect (for example "https://app.example.com", "https://admin.example.com")`)
+    if (typeof entry === 'string' && isWildcardOrigin(entry)) fail(`origins[${i}]: wildcards are not supported; list every origin that may connect (for example "https://app.example.com", "https://admin.example.com")`)
     const origin = typeof entry === 'string' ? parseOrigin(entry) : null
     if (origin === null) fail(`origins[${i}] must be an origin of the form scheme://host[:port]`)
     return origin
@@ -152,10 +163,13 @@ export function validateOptions (raw: unknown): ResolvedOptions {
   if (raw.rejectWith !== undefined && raw.rejectWith !== 'close' && raw.rejectWith !== 'http') fail('rejectWith must be "close" or "http"')
   if (raw.shutdownTimeoutMs !== undefined && !isPositiveInteger(raw.shutdownTimeoutMs)) fail('shutdownTimeoutMs must be a positive integer')
   const heartbeat = raw.heartbeatIntervalMs
-  if (heartbeat !== undefined && heartbeat !== 0 && !(isPositiveInteger(heartbeat) && heartbeat >= MIN_HEARTBEAT_INTERVAL_MS && heartbeat <= MAX_TIMER_MS)) {
+  if (heartbeat !== undefined && !isHeartbeatInterval(heartbeat)) {
     fail(`heartbeatIntervalMs must be 0 (off) or an integer from ${MIN_HEARTBEAT_INTERVAL_MS} to ${MAX_TIMER_MS}`)
   }
-  if (raw.refusalGraceMs !== undefined && !(isPositiveInteger(raw.refusalGraceMs) && raw.refusalGraceMs <= MAX_TIMER_MS)) fail(`refusalGraceMs must be an integer from 1 to ${MAX_TIMER_MS}`)
+  for (const name of ['refusalGraceMs', 'admissionTimeoutMs']) {
+    const value = raw[name]
+    if (value !== undefined && !(isPositiveInteger(value) && value <= MAX_TIMER_MS)) fail(`${name} must be an integer from 1 to ${MAX_TIMER_MS}`)
+  }
   if (raw.audit !== undefined && typeof raw.audit !== 'function') fail('audit must be a function (event) => void')
   const prometheus = raw.prometheus as { registry?: unknown } | undefined
   if (prometheus !== undefined && !(isPlainObject(prometheus) && typeof (prometheus.registry as PrometheusRegistry | undefined)?.registerMetric === 'function')) {
@@ -175,6 +189,7 @@ export function validateOptions (raw: unknown): ResolvedOptions {
     shutdownTimeoutMs: (raw.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS) as number,
     heartbeatIntervalMs: (heartbeat ?? DEFAULT_HEARTBEAT_INTERVAL_MS) as number,
     refusalGraceMs: (raw.refusalGraceMs ?? DEFAULT_REFUSAL_GRACE_MS) as number,
+    admissionTimeoutMs: (raw.admissionTimeoutMs ?? DEFAULT_ADMISSION_TIMEOUT_MS) as number,
     audit: raw.audit as AuditHook | undefined,
     prometheus: prometheus?.registry as PrometheusRegistry | undefined
   })

@@ -21,8 +21,6 @@ export class Registry implements ConnectionRegistry {
   #expiryTimer: NodeJS.Timeout | undefined
   #heartbeat: NodeJS.Timeout | undefined
   closing = false
-  /** Whether connections are pinged, so that they listen for pongs only then. */
-  readonly heartbeats: boolean
   /**
    * The payload of this beat's pings: only a pong that echoes it answers the beat, so a
    * client that sends unsolicited pongs without reading cannot pass for alive.
@@ -39,7 +37,6 @@ export class Registry implements ConnectionRegistry {
     this.#store = store
     this.telemetry = telemetry
     this.#heartbeatIntervalMs = heartbeatIntervalMs
-    this.heartbeats = heartbeatIntervalMs > 0
     this.#hangUps = new HangUps(refusalGraceMs)
   }
 
@@ -62,7 +59,7 @@ export class Registry implements ConnectionRegistry {
     }
     // A connection admitted while the plugin closes is closed at once; it must not restart
     // the heartbeat that closeAll has stopped.
-    if (this.#heartbeat === undefined && this.heartbeats && !this.closing) this.#startHeartbeat()
+    if (this.#heartbeat === undefined && this.#heartbeatIntervalMs > 0 && !this.closing) this.#startHeartbeat()
   }
 
   remove (connection: RegisteredConnection): void {

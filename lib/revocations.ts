@@ -1,4 +1,7 @@
-/** Most users with a revocation remembered at once; past it the soonest to expire go first. */
+/**
+ * Most users with a revocation remembered at once; past it the oldest remembered goes first,
+ * which lifts that revocation early: a bound on memory that a million logouts a day reaches.
+ */
 const MAX_REVOCATIONS = 1_000_000
 
 /**

@@ -90,19 +90,31 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
       if (HTTP_ONLY_REFUSALS.has(early.kind)) {
         // Not logged: one line went out when the address was locked out, and a flood must
         // not turn into a flood of log lines. Counted, and audited when the app listens.
-        const telemetry = registry.telemetry
-        if (telemetry.auditing) telemetry.refused({ type: 'refused', kind: early.kind, ip, origin: request.headers.origin, route: route.url })
-        else telemetry.refusals[early.kind]!++
+        registry.telemetry.refused(early.kind, () => ({ type: 'refused', kind: early.kind, ip, origin: request.headers.origin, route: route.url }))
         const { status, reason } = route.closeReasons[early.kind]
         reply.code(status).header('retry-after', String(early.retryAfter ?? 1)).header('connection', 'close').send({ statusCode: status, code: early.kind, message: reason })
         return
       }
       return decided(request, reply, done, { admitted: false, kind: early.kind })
     }
-    admit(request, route, (admission) => {
+    // The upgrade counts as pending until admission decides, or until admissionTimeoutMs
+    // decides for it: a verifier or store that never answers must hold neither the address's
+    // count nor the socket. What admission decides after that is let go of.
+    let timer: NodeJS.Timeout | undefined
+    let settled = false
+    const settle = (admission: Admission): void => {
+      if (settled) {
+        if (admission.admitted) admission.release()
+        return
+      }
+      settled = true
+      clearTimeout(timer)
       guard.leave(ip)
       decided(request, reply, done, admission)
-    })
+    }
+    admit(request, route, settle)
+    // Only an admission that waits on a promise needs the timer.
+    if (!settled) timer = setTimeout(settle, options.admissionTimeoutMs, { admitted: false, kind: 'admissionTimeout' })
   }
 
   function decided (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, admission: Admission): void {
@@ -113,11 +125,12 @@ export function declareRoute (instance: FastifyInstance, def: SecureWsRouteOptio
         guard.verifierFailed(admission.err, request.log)
         request.log.warn({ refusal: kind, ip: request.ip }, 'websocket connection refused')
       } else {
-        if (kind !== 'originNotAllowed' && kind !== 'shuttingDown' && kind !== 'serverFull') guard.verifierAnswered(request.log)
+        // Only a refusal that came from the verifier's own answer says it is back.
+        if (kind !== 'originNotAllowed' && kind !== 'shuttingDown' && kind !== 'serverFull' && tokenRefusal !== 'missing') guard.verifierAnswered(request.log)
         request.log.warn({ refusal: kind, tokenRefusal, userId, ip: request.ip, err: admission.err }, 'websocket connection refused')
         if (kind === 'invalidToken') guard.authFailed(request.ip, request.log)
       }
-      registry.telemetry.refused({ type: 'refused', kind, userId, ip: request.ip, origin: request.headers.origin, route: route.url, tokenRefusal })
+      registry.telemetry.refused(kind, () => ({ type: 'refused', kind, userId, ip: request.ip, origin: request.headers.origin, route: route.url, tokenRefusal }))
       if (options.rejectWith === 'http') {
         const { status, reason } = route.closeReasons[kind]
         reply.code(status).send({ statusCode: status, code: kind, message: reason })

@@ -4,7 +4,7 @@ import type { AuditHook, CloseKind, SecureWsAuditEvent, TelemetrySink } from './
 /** Refusals counted in `stats().refusals`, each from 0. */
 export const REFUSAL_KINDS = [
   'originNotAllowed', 'invalidToken', 'accessDenied', 'tooManyConnections', 'storeUnavailable',
-  'tooManyAuthFailures', 'tooManyPendingUpgrades', 'authUnavailable', 'serverFull', 'internalError', 'shuttingDown'
+  'tooManyAuthFailures', 'tooManyPendingUpgrades', 'authUnavailable', 'admissionTimeout', 'serverFull', 'internalError', 'shuttingDown'
 ] as const satisfies readonly CloseKind[]
 
 /** Server-side closes of admitted connections counted in `stats().closes`, each from 0. */
@@ -41,9 +41,10 @@ export class Telemetry implements TelemetrySink {
     return this.#audit !== undefined
   }
 
-  refused (event: Extract<SecureWsAuditEvent, { type: 'refused' }>): void {
-    this.refusals[event.kind] = (this.refusals[event.kind] ?? 0) + 1
-    this.emit(event)
+  /** Counts a refusal of `kind`; the event is built only when an audit hook listens. */
+  refused (kind: CloseKind, event: () => Extract<SecureWsAuditEvent, { type: 'refused' }>): void {
+    this.refusals[kind] = (this.refusals[kind] ?? 0) + 1
+    if (this.#audit !== undefined) this.emit(event())
   }
 
   closedByServer (kind: CloseKind): void {

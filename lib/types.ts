@@ -195,7 +195,7 @@ export interface RateLimits {
  */
 export type CloseKind =
   | 'originNotAllowed' | 'invalidToken' | 'accessDenied' | 'tooManyConnections'
-  | 'storeUnavailable' | 'authUnavailable' | 'serverFull' | 'tooManyAuthFailures'
+  | 'storeUnavailable' | 'authUnavailable' | 'admissionTimeout' | 'serverFull' | 'tooManyAuthFailures'
   | 'tooManyPendingUpgrades' | 'internalError' | 'rateLimited' | 'messageTooBig'
   | 'tokenExpired' | 'disconnected' | 'loggedOut' | 'slowConsumer' | 'heartbeatTimeout'
   | 'shuttingDown'
@@ -228,8 +228,8 @@ export type SecureWsAuditEvent =
   | { type: 'connected', userId: string, connectionId: string, ip: string, origin?: string, route: string }
   | {
     type: 'closed'
-    /** What the server closed it for, or `client` when the client (or the network) ended it. */
-    kind: CloseKind | 'client'
+    /** What the server closed it for, `app` when the app's code called `close()`, or `client` when the client (or the network) ended it. */
+    kind: CloseKind | 'app' | 'client'
     code: number
     userId: string
     connectionId: string
@@ -435,6 +435,13 @@ export interface SecureWsOptions {
    */
   refusalGraceMs?: number
   /**
+   * How long an upgrade's checks (`verifyToken`, `resolveSession`, the store) may take, in ms.
+   * One that has not decided by then is refused with 1013 `Try again later`, so a verifier or
+   * store that never answers cannot hold the client's address at its pending cap, or the
+   * socket, forever. @default 10000
+   */
+  admissionTimeoutMs?: number
+  /**
    * Receives one event per refusal, connection, close, rate limit, forbidden or invalid
    * message, refresh and lockout, for a SIEM or an audit log. Events never carry a token or a
    * payload. Called synchronously; a hook that throws is logged and ignored.
@@ -463,6 +470,7 @@ export interface ResolvedOptions {
   /** 0 when the heartbeat is off. */
   readonly heartbeatIntervalMs: number
   readonly refusalGraceMs: number
+  readonly admissionTimeoutMs: number
   readonly audit: AuditHook | undefined
   readonly prometheus: PrometheusRegistry | undefined
 }

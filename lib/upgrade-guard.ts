@@ -20,6 +20,8 @@ export class UpgradeGuard {
   readonly #store: SecureWsStore
   readonly #openConnections: () => number
   readonly #pendingByIp = new Map<string, number>()
+  /** The lockout last announced per address, so one lockout is one log line even when failures settle out of order. */
+  readonly #announced = new Map<string, number>()
   #pending = 0
   /** Whether `verifyToken` is failing, so the outage is logged once, not per upgrade. */
   #verifierDown = false
@@ -43,10 +45,8 @@ export class UpgradeGuard {
    * as pending until `leave(ip)`.
    */
   enter (ip: string): EarlyRefusal | undefined {
-    if (this.#limits.authFailuresPerMinute > 0) {
-      const until = this.#store.lockedOutUntil(ip)
-      if (until > 0) return { kind: 'tooManyAuthFailures', retryAfter: Math.max(1, Math.ceil((until - Date.now()) / 1000)) }
-    }
+    const retryAfter = this.lockedOutFor(ip)
+    if (retryAfter > 0) return { kind: 'tooManyAuthFailures', retryAfter }
     const pendingHere = this.#pendingByIp.get(ip) ?? 0
     if (pendingHere >= this.#limits.pendingUpgradesPerIp) return { kind: 'tooManyPendingUpgrades', retryAfter: 1 }
     const max = this.#limits.maxConnections
@@ -54,6 +54,13 @@ export class UpgradeGuard {
     this.#pendingByIp.set(ip, pendingHere + 1)
     this.#pending++
     return undefined
+  }
+
+  /** Whole seconds `ip` stays locked out (at least 1), or 0 when it is not. */
+  lockedOutFor (ip: string): number {
+    if (this.#limits.authFailuresPerMinute === 0) return 0
+    const until = this.#store.lockedOutUntil(ip)
+    return until > 0 ? Math.max(1, Math.ceil((until - Date.now()) / 1000)) : 0
   }
 
   leave (ip: string): void {
@@ -71,10 +78,12 @@ export class UpgradeGuard {
   authFailed (ip: string, log: FastifyBaseLogger): void {
     const limit = this.#limits.authFailuresPerMinute
     if (limit === 0) return
-    const wasLocked = this.#store.lockedOutUntil(ip) > 0
     const locked = (until: number): void => {
-      if (until <= 0 || wasLocked) return
-      const lockedOutForS = Math.ceil((until - Date.now()) / 1000)
+      const now = Date.now()
+      // A shared store answers later: failures in flight together all report the same lockout.
+      if (until <= now || (this.#announced.get(ip) ?? 0) > now) return
+      this.#announce(ip, until, now)
+      const lockedOutForS = Math.ceil((until - now) / 1000)
       log.warn({ ip, failures: limit, lockedOutForS }, 'client address locked out after failed authentications')
       this.#telemetry.emit({ type: 'lockedOut', ip, lockedOutForS })
     }
@@ -87,6 +96,14 @@ export class UpgradeGuard {
     }
     if (isThenable(result)) result.then(locked, (err: unknown) => log.error({ err }, 'store failed to count a failed authentication'))
     else locked(result)
+  }
+
+  #announce (ip: string, until: number, now: number): void {
+    // Bounded like the store's own record: announcements that ran out go when the map grows.
+    if (this.#announced.size >= 10_000) {
+      for (const [address, end] of this.#announced) if (end <= now) this.#announced.delete(address)
+    }
+    this.#announced.set(ip, until)
   }
 
   /** `verifyToken` threw or rejected: logs `err` once per outage. */

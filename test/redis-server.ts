@@ -1,6 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
+import type { Test } from 'tap'
+import { redisStore, type RedisStoreOptions } from '../lib/index.js'
+import { build, connect, type Built, type Client } from './helpers.js'
 
 /** A free TCP port on 127.0.0.1, found by letting the kernel pick one. */
 export async function freePort (): Promise<number> {
@@ -79,4 +82,57 @@ export class RedisServer {
     child.kill('SIGKILL')
     await once(child, 'exit')
   }
+}
+
+let prefixes = 0
+
+/** A key prefix no other test uses, so tests sharing one Redis never see each other's keys. */
+export function freshPrefix (name = 'test'): string {
+  return `${name}${process.pid}-${++prefixes}:`
+}
+
+/** Where a test's stores connect: one Redis (`url`) or a cluster's seed nodes. */
+export interface RedisTarget {
+  url?: string
+  nodes?: string[]
+}
+
+/** `count` Fastify instances sharing `redis` under one fresh key prefix (or `store.prefix`). */
+export async function instances (t: Test, redis: RedisTarget, count: number, store: Partial<RedisStoreOptions> = {}, options: Record<string, unknown> = {}): Promise<Built[]> {
+  const prefix = freshPrefix()
+  const built: Built[] = []
+  for (let i = 0; i < count; i++) {
+    built.push(await build(t, { options: { store: redisStore({ ...redis, prefix, syncIntervalMs: 20, ...store } as RedisStoreOptions), ...options } }))
+  }
+  return built
+}
+
+/** Tries to connect every 100 ms until a connection stays open, for up to `ms`. */
+export async function connectWhenPossible (url: string, options: Parameters<typeof connect>[1], ms: number): Promise<Client | undefined> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    const client = await connect(url, options)
+    if (await client.admitted()) return client
+    await client.closed
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  return undefined
+}
+
+export async function ping (client: Client): Promise<unknown> {
+  client.send({ type: 'ping' })
+  return client.next()
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * The Redis that tests which leave it running share: CI's (REDIS_URL), or a private one
+ * stopped in teardown.
+ */
+export async function sharedRedis (t: { teardown: (fn: () => unknown) => void }): Promise<RedisTarget> {
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL }
+  const server = await RedisServer.start()
+  t.teardown(() => server.stop())
+  return { url: server.url }
 }

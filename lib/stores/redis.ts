@@ -123,6 +123,22 @@ if n < limit then return {0, now} end
 local oldest = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
 return {tonumber(oldest[2]) + window, now}`
 
+// A user's revocation: the latest `issuedBefore` wins, and the key lives as long as the
+// longest revocation asked for. Answers what is now in force and for how long, in ms.
+const REVOKE_LUA = `local current = redis.call('GET', KEYS[1])
+local value = ARGV[1]
+if current and tonumber(current) >= tonumber(value) then value = current end
+local ttl = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > ttl then ttl = left end
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+return {value, ttl}`
+
+// One read of a user's revocation and its time to live: one round trip per upgrade.
+const REVOKED_LUA = `local value = redis.call('GET', KEYS[1])
+if not value then return {'0', 0} end
+return {value, redis.call('PTTL', KEYS[1])}`
+
 /** What instances tell each other: the plugin's events, and the store's own lockouts. */
 type ChannelEvent = BroadcastEvent | { kind: 'lockout', address: string, forMs: number }
 
@@ -131,6 +147,8 @@ interface ScriptedRedis extends Redis {
   secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<number>
   secureWsRenew (...args: Array<string | number>): Promise<number>
   secureWsRate (...args: Array<string | number>): Promise<number[]>
+  secureWsRevoke (key: string, issuedBefore: number, ttlMs: number): Promise<[string, number]>
+  secureWsRevoked (key: string): Promise<[string, number]>
 }
 
 /**
@@ -277,12 +295,17 @@ export class RedisStore implements SecureWsStore {
     client.defineCommand('secureWsRenew', { lua: RENEW_LUA })
     client.defineCommand('secureWsRate', { lua: RATE_LUA })
     client.defineCommand('secureWsAuthFailure', { numberOfKeys: 1, lua: AUTH_FAILURE_LUA })
+    client.defineCommand('secureWsRevoke', { numberOfKeys: 1, lua: REVOKE_LUA })
+    client.defineCommand('secureWsRevoked', { numberOfKeys: 1, lua: REVOKED_LUA })
 
     client.on('ready', this.#onReady)
     client.on('error', this.#onDown)
     client.on('close', this.#onDown)
     // The subscriber reports the same outages; its errors only need a listener.
     this.#subscriber.on('error', () => {})
+    // Revocations broadcast while the subscriber was away were missed: forget what is known
+    // here and ask Redis again.
+    this.#subscriber.on('ready', () => { this.#revocations.clear() })
     this.#subscriber.on('message', this.#onEvent)
     if (client.status === 'ready') this.#onReady()
   }
@@ -369,12 +392,50 @@ export class RedisStore implements SecureWsStore {
   }
 
   async revokeUser (userId: string, issuedBefore: number, ttlMs: number): Promise<void> {
-    // TODO(issue 13/14): kept in Redis so instances that start later know it.
-    this.#revocations.revoke(userId, issuedBefore, Date.now() + ttlMs)
+    if (!(await this.#usable())) throw new StoreUnavailableError('redis is unreachable')
+    let answer: [string, number]
+    try {
+      answer = await this.#timed(this.#client.secureWsRevoke(this.#revocationKey(userId), issuedBefore, ttlMs))
+    } catch (err) {
+      throw new StoreUnavailableError((err as Error).message)
+    }
+    this.#remember(userId, answer)
   }
 
-  revokedBefore (userId: string): number {
-    return this.#revocations.revokedBefore(userId, Date.now())
+  /**
+   * A revocation known here is final until it expires: later ones reach this instance as
+   * `revoke` events, which drop what it knew. Anything else is asked of Redis, so an instance
+   * that started after a logout still refuses the old credentials.
+   */
+  revokedBefore (userId: string): number | Promise<number> {
+    const known = this.#revocations.revokedBefore(userId, Date.now())
+    if (known > 0) return known
+    return this.#readRevocation(userId)
+  }
+
+  async #readRevocation (userId: string): Promise<number> {
+    if (!(await this.#usable())) throw new StoreUnavailableError('redis is unreachable')
+    let answer: [string, number]
+    try {
+      answer = await this.#timed(this.#client.secureWsRevoked(this.#revocationKey(userId)))
+    } catch (err) {
+      throw new StoreUnavailableError((err as Error).message)
+    }
+    return this.#remember(userId, answer)
+  }
+
+  /** Keeps what Redis answered for `userId` (a revocation and its time to live); returns it. */
+  #remember (userId: string, [value, ttlMs]: [string, number]): number {
+    const issuedBefore = Number(value)
+    if (!(issuedBefore > 0 && ttlMs > 0)) return 0
+    this.#revocations.revoke(userId, issuedBefore, Date.now() + ttlMs)
+    this.#startSweeping()
+    return issuedBefore
+  }
+
+  #revocationKey (userId: string): string {
+    // Hash-tagged by user, so the key has a slot of its own on a Redis Cluster.
+    return `${this.#prefix}revoked:{${userId}}`
   }
 
   async broadcast (event: BroadcastEvent): Promise<void> {
@@ -411,6 +472,7 @@ export class RedisStore implements SecureWsStore {
     this.#rates.clear()
     this.#dirty.clear()
     this.#authFailures.clear()
+    this.#revocations.clear()
     this.#client.off('ready', this.#onReady)
     this.#client.off('error', this.#onDown)
     this.#client.off('close', this.#onDown)
@@ -513,6 +575,12 @@ export class RedisStore implements SecureWsStore {
       }
       return
     }
+    // Redis keeps the latest revocation, so a known one is raised to this one (an expiry of 0
+    // keeps the known one's); one not known here is read from Redis at the next connect.
+    if (event.kind === 'revoke' && typeof event.userId === 'string' && typeof event.issuedBefore === 'number' &&
+      this.#revocations.revokedBefore(event.userId, Date.now()) > 0) {
+      this.#revocations.revoke(event.userId, event.issuedBefore, 0)
+    }
     this.#deliver(event)
   }
 
@@ -549,7 +617,8 @@ export class RedisStore implements SecureWsStore {
         if (rate.canDrop(now)) this.#rates.delete(key)
       }
       this.#authFailures.sweep(now)
-      if (this.#rates.size === 0 && this.#authFailures.size === 0) {
+      this.#revocations.sweep(now)
+      if (this.#rates.size === 0 && this.#authFailures.size === 0 && this.#revocations.size === 0) {
         clearInterval(this.#sweepTimer)
         clearInterval(this.#syncTimer)
         this.#sweepTimer = undefined

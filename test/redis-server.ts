@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
+import { connect as connectTcp, createServer, type Server, type Socket } from 'node:net'
 import { once } from 'node:events'
 import type { Test } from 'tap'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
@@ -56,7 +56,9 @@ export class RedisServer {
   /** Starts (again) on the same port and resolves once it accepts connections. */
   async resume (): Promise<void> {
     const child = spawn(process.env.REDIS_SERVER_BIN ?? 'redis-server', [
-      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes',
+      // DEBUG SLEEP: a Redis that stops answering for a while, as a slow one does.
+      '--enable-debug-command', 'local'
     ], { stdio: ['ignore', 'pipe', 'inherit'] })
     this.#process = child
     let output = ''
@@ -135,4 +137,76 @@ export async function sharedRedis (t: { teardown: (fn: () => unknown) => void })
   const server = await RedisServer.start()
   t.teardown(() => server.stop())
   return { url: server.url }
+}
+
+/**
+ * A TCP relay in front of a Redis, so one instance can be cut off from it while others still
+ * reach it (a network partition). Cut, it keeps every connection open and silent: commands
+ * go unanswered, as across a dead link.
+ */
+export class TcpProxy {
+  readonly url: string
+  readonly #server: Server
+  readonly #targetPort: number
+  readonly #pairs = new Set<[Socket, Socket]>()
+  #cut = false
+
+  private constructor (server: Server, port: number, targetPort: number) {
+    this.#server = server
+    this.#targetPort = targetPort
+    this.url = `redis://127.0.0.1:${port}`
+  }
+
+  static async start (t: { teardown: (fn: () => unknown) => void }, targetPort: number): Promise<TcpProxy> {
+    let proxy: TcpProxy | undefined
+    const server = createServer((client) => { proxy!.#relay(client) })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    proxy = new TcpProxy(server, (server.address() as { port: number }).port, targetPort)
+    t.teardown(() => proxy.close())
+    return proxy
+  }
+
+  #relay (client: Socket): void {
+    const upstream = connectTcp(this.#targetPort, '127.0.0.1')
+    const pair: [Socket, Socket] = [client, upstream]
+    this.#pairs.add(pair)
+    const end = (): void => {
+      this.#pairs.delete(pair)
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+    if (this.#cut) return this.#silence(pair)
+    client.pipe(upstream)
+    upstream.pipe(client)
+  }
+
+  #silence ([client, upstream]: [Socket, Socket]): void {
+    client.unpipe(upstream)
+    upstream.unpipe(client)
+    client.pause()
+    upstream.pause()
+  }
+
+  /** From now on nothing passes, on open connections or new ones. */
+  cut (): void {
+    this.#cut = true
+    for (const pair of this.#pairs) this.#silence(pair)
+  }
+
+  /** The link is back: the silenced connections are dropped, so clients reconnect through it. */
+  heal (): void {
+    this.#cut = false
+    for (const [client, upstream] of this.#pairs) {
+      client.destroy()
+      upstream.destroy()
+    }
+  }
+
+  async close (): Promise<void> {
+    this.heal()
+    await new Promise((resolve) => this.#server.close(resolve))
+  }
 }

@@ -66,6 +66,11 @@ export class RedisClock {
     this.#known = true
   }
 
+  /** Redis's time at local time `localNow`, by the measured offset (never ahead of it). */
+  redisTime (localNow: number): number {
+    return localNow + this.#offset
+  }
+
   /** The relative tick of local time `localNow`. */
   tick (localNow: number): number {
     return Math.floor((localNow - this.#base) / TICK_MS)

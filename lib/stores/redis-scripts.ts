@@ -7,8 +7,12 @@ import type { Cluster, Redis } from 'ioredis'
 const NOW_MS = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
-// Answers 1 and Redis's time when the slot was taken, 0 when the user holds `limit` already.
+// Answers 1 and Redis's time when the slot was taken, 0 when the user holds `limit` already,
+// -1 when the call arrived after its deadline (ARGV[4], Redis time; 0 for none): the caller
+// has given up on it and refused the connection, so a late call must not take a slot.
 const ACQUIRE_LUA = `${NOW_MS}
+local deadline = tonumber(ARGV[4])
+if deadline > 0 and now > deadline then return {-1, now} end
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {0, now} end
@@ -16,13 +20,24 @@ redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], lease * 2)
 return {1, now}`
 
+// Renews the leases of KEYS[i]'s member ARGV[i + 2], from now on. A member no longer there
+// lost its slot (its lease ran out and someone took the room): it is not put back, unless
+// ARGV[2] marks it as one to add (a slot admitted while Redis was away, fail-open).
+// Answers Redis's time and the positions of the members that were lost.
 const RENEW_LUA = `${NOW_MS}
 local lease = tonumber(ARGV[1])
+local add = ARGV[2]
+local answer = {now}
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', KEYS[i], lease * 2)
+  local member = ARGV[i + 2]
+  if string.sub(add, i, i) == '1' or redis.call('ZSCORE', KEYS[i], member) then
+    redis.call('ZADD', KEYS[i], now + lease, member)
+    redis.call('PEXPIRE', KEYS[i], lease * 2)
+  else
+    answer[#answer + 1] = i
+  end
 end
-return #KEYS`
+return answer`
 
 /**
  * Adds instances' message counts and answers every instance's together. Per user two hashes:
@@ -159,8 +174,8 @@ return {value, redis.call('PTTL', KEYS[1])}`
 
 /** The store's scripts, as ioredis commands on its client. */
 export interface Scripts {
-  secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<[number, number]>
-  secureWsRenew (...args: Array<string | number>): Promise<number>
+  secureWsAcquire (key: string, limit: number, member: string, leaseMs: number, deadline: number): Promise<[number, number]>
+  secureWsRenew (...args: Array<string | number>): Promise<number[]>
   secureWsRate (...args: Array<string | number>): Promise<number[]>
   secureWsAuthFailure (key: string, limit: number, windowMs: number, member: string): Promise<[number, number]>
   secureWsRevoke (key: string, issuedBefore: number, ttlMs: number): Promise<[string, number]>

@@ -1,22 +1,32 @@
 import { randomUUID } from 'node:crypto'
-import { Redis, type RedisOptions } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import { AUTH_FAILURE_WINDOW_MS, AuthFailureLog } from '../auth-failures.js'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
-import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { Revocations } from '../revocations.js'
 import type { RateLimits } from '../rate-window.js'
+import { openClients, type RedisNode } from './redis-clients.js'
 import { RedisClock } from './redis-clock.js'
+import { batches } from './redis-cluster.js'
+import { Leases } from './redis-leases.js'
 import { RateSync, type Exceeded } from './redis-rate.js'
 import { defineScripts, type ScriptedClient } from './redis-scripts.js'
 import type { BroadcastEvent, MessageCounter, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
 export interface RedisStoreOptions {
-  /** An ioredis client the app owns; the store never closes it. Give this or `url`. */
-  client?: Redis
-  /** A Redis URL; the store opens and closes its own clients. */
+  /**
+   * An ioredis client the app owns, `Redis` or `Cluster`; the store never closes it. Give
+   * this, `url` or `nodes`.
+   */
+  client?: Redis | Cluster
+  /**
+   * A Redis URL; the store opens and closes its own clients. Several, comma-separated, are
+   * the seed nodes of a Redis Cluster.
+   */
   url?: string
+  /** The seed nodes of a Redis Cluster (`host:port`, URLs or `{ host, port }`); the store opens and closes its own clients. */
+  nodes?: RedisNode[]
   /** Prefix of every key and channel the store uses. @default 'secure-ws:' */
   prefix?: string
   /** How long a connection slot outlives the instance that holds it, in ms. @default 30000 */
@@ -40,6 +50,7 @@ const DEFAULT_PREFIX = 'secure-ws:'
 const DEFAULT_LEASE_MS = 30_000
 const DEFAULT_SYNC_INTERVAL_MS = 50
 const DEFAULT_COMMAND_TIMEOUT_MS = 1000
+// Leases renewed in one script call.
 const RENEW_BATCH = 500
 // Lockouts and revocations known here are swept this often.
 const SWEEP_MS = 10_000
@@ -68,7 +79,7 @@ const SILENT_LOG = { warn () {}, info () {}, error () {} } as unknown as Fastify
  */
 export class RedisStore implements SecureWsStore {
   readonly #client: ScriptedClient
-  readonly #subscriber: Redis
+  readonly #subscriber: Redis | Cluster
   readonly #ownsClient: boolean
   readonly #prefix: string
   readonly #channel: string
@@ -76,29 +87,25 @@ export class RedisStore implements SecureWsStore {
   readonly #commandTimeoutMs: number
   readonly #failOpen: boolean
   readonly #instanceId = randomUUID()
-  /** Slots this instance holds: limit key → members. */
-  readonly #held = new Map<string, Set<string>>()
+  readonly #leases: Leases
+  /** Whether the client is a Redis Cluster: calls are then grouped by hash slot. */
+  readonly #cluster: boolean
   readonly #clock: RedisClock
   readonly #rates: RateSync
   /** Lockouts learnt from Redis and from the other instances; failures counted here during an outage. */
   readonly #authFailures = new AuthFailureLog()
   readonly #revocations = new Revocations()
   #lastFailureId = 0
-  /** Slots released while Redis was unreachable, freed there once it is back. */
-  #releasedWhileAway: Array<[key: string, member: string]> = []
   #log: FastifyBaseLogger = SILENT_LOG
   #available = false
   #everReady = false
   #outageLogged = false
   #closed = false
   #context: StoreContext | undefined
-  #renewTimer: NodeJS.Timeout | undefined
   #sweepTimer: NodeJS.Timeout | undefined
 
   constructor (options: RedisStoreOptions) {
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client or url')
-    if ((options.client === undefined) === (options.url === undefined)) throw new InvalidOptionError('redisStore: give exactly one of client or url')
-    if (options.url !== undefined && typeof options.url !== 'string') throw new InvalidOptionError('redisStore: url must be a string')
+    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client, url or nodes')
     if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new InvalidOptionError('redisStore: prefix must be a string')
     if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new InvalidOptionError('redisStore: failOpen must be a boolean')
     if (options.now !== undefined && typeof options.now !== 'function') throw new InvalidOptionError('redisStore: now must be a function')
@@ -108,27 +115,23 @@ export class RedisStore implements SecureWsStore {
     this.#prefix = options.prefix ?? DEFAULT_PREFIX
     this.#channel = `${this.#prefix}events`
 
-    // Commands fail at once while Redis is away instead of queueing; reconnects keep trying.
-    const clientOptions: RedisOptions = {
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (times) => Math.min(times * 100, 1000)
-    }
-    this.#ownsClient = options.client === undefined
-    const client = options.client ?? new Redis(options.url!, clientOptions)
+    const syncIntervalMs = positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS)
+    const { client, subscriber, owned, cluster } = openClients(options)
+    this.#ownsClient = owned
+    this.#cluster = cluster
     this.#client = defineScripts(client)
-    this.#subscriber = client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, retryStrategy: clientOptions.retryStrategy })
+    this.#subscriber = subscriber
     this.#clock = new RedisClock(options.now ?? Date.now)
     this.#rates = new RateSync({
       client: this.#client,
       clock: this.#clock,
       instanceId: this.#instanceId,
       keys: (key) => ({ second: `${this.#prefix}rate:{${key}}:s`, minute: `${this.#prefix}rate:{${key}}:m`, slots: this.#slotKey(key) }),
-      syncIntervalMs: positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS),
+      syncIntervalMs,
       log: () => this.#log,
       available: () => this.#available,
       timed: (promise) => this.#timed(promise),
-      calls: (rates) => chunks(rates, RATE_BATCH),
+      calls: (rates) => batches(rates, (rate) => rate.secondKey, RATE_BATCH, this.#cluster),
       exceeded: (key) => { this.#context?.rateExceeded(key) },
       announce: (key, exceeded) => {
         this.#publish({ kind: 'rateExceeded', key, window: exceeded.window, at: exceeded.at }).catch(() => {})
@@ -137,6 +140,17 @@ export class RedisStore implements SecureWsStore {
         this.#publish({ kind: 'counted', keys }).catch(() => {})
       }
     })
+    this.#leases = new Leases({
+      client: this.#client,
+      clock: this.#clock,
+      leaseMs: this.#leaseMs,
+      commandTimeoutMs: this.#commandTimeoutMs,
+      available: () => this.#available,
+      timed: (promise) => this.#timed(promise),
+      slotKey: (key) => this.#slotKey(key),
+      calls: (items, keyOf) => batches(items, keyOf, RENEW_BATCH, this.#cluster),
+      slotsLost: (slots) => { this.#context?.slotsLost(slots) }
+    }, this.#instanceId)
 
     client.on('ready', this.#onReady)
     client.on('error', this.#onDown)
@@ -163,42 +177,22 @@ export class RedisStore implements SecureWsStore {
   }
 
   async acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean> {
-    const member = `${this.#instanceId}:${connectionId}`
     if (!(await this.#usable())) {
       if (!this.#failOpen) throw new StoreUnavailableError('redis is unreachable')
       // Fail-open: this instance's own count is all there is until Redis returns.
-      if ((this.#held.get(key)?.size ?? 0) >= limit) return false
-      this.#hold(key, member)
+      if (this.#leases.count(key) >= limit) return false
+      this.#leases.holdLocally(key, connectionId)
       return true
     }
-    let acquired: [number, number]
     try {
-      // Slots let go of while Redis did not answer must not count against this user now.
-      await this.#freeReleasedWhileAway()
-      acquired = await this.#timed(this.#client.secureWsAcquire(this.#slotKey(key), limit, member, this.#leaseMs))
+      return await this.#leases.acquire(key, connectionId, limit)
     } catch (err) {
       throw new StoreUnavailableError((err as Error).message)
     }
-    // Every connection takes a slot before its first message: its counts start on Redis's clock.
-    this.#clock.learn(acquired[1], this.#clock.now())
-    if (acquired[0] !== 1) return false
-    this.#hold(key, member)
-    return true
   }
 
   async releaseSlot (key: string, connectionId: string): Promise<void> {
-    const member = `${this.#instanceId}:${connectionId}`
-    if (!removeFrom(this.#held, key, member)) return
-    if (this.#held.size === 0) this.#stopRenewing()
-    // While Redis is away, remember the release: if Redis kept its data, the lease would
-    // otherwise hold the user's slot until it runs out.
-    if (!this.#available) {
-      this.#releasedWhileAway.push([key, member])
-      return
-    }
-    await this.#timed(this.#client.zrem(this.#slotKey(key), member)).catch(() => {
-      this.#releasedWhileAway.push([key, member])
-    })
+    await this.#leases.release(key, connectionId)
   }
 
   holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter {
@@ -293,22 +287,16 @@ export class RedisStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    return { slots: sizes(this.#held), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
+    return { slots: this.#leases.sizes(), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    this.#stopRenewing()
     clearInterval(this.#sweepTimer)
     this.#sweepTimer = undefined
     this.#rates.close()
-    if (this.#available && this.#held.size > 0) {
-      const pipeline = this.#client.pipeline()
-      for (const [key, members] of this.#held) pipeline.zrem(this.#slotKey(key), ...members)
-      await this.#timed(pipeline.exec()).catch(() => {})
-    }
-    this.#held.clear()
+    await this.#leases.close()
     this.#authFailures.clear()
     this.#revocations.clear()
     this.#client.off('ready', this.#onReady)
@@ -321,19 +309,6 @@ export class RedisStore implements SecureWsStore {
   #slotKey (key: string): string {
     // Hash-tagged like the user's rate keys: the rate script reads who holds slots.
     return `${this.#prefix}slots:{${key}}`
-  }
-
-  #hold (key: string, member: string): void {
-    addTo(this.#held, key, member)
-    if (this.#renewTimer === undefined) {
-      this.#renewTimer = setInterval(() => { this.#renew() }, Math.max(1, Math.floor(this.#leaseMs / 3)))
-      this.#renewTimer.unref()
-    }
-  }
-
-  #stopRenewing (): void {
-    clearInterval(this.#renewTimer)
-    this.#renewTimer = undefined
   }
 
   /** True when Redis answers; before the first connection, waits up to the command timeout. */
@@ -368,23 +343,7 @@ export class RedisStore implements SecureWsStore {
     this.#outageLogged = false
     // Leases may have run out during the outage; put back what this instance still holds,
     // and free what it let go of meanwhile.
-    this.#renew()
-    this.#freeReleasedWhileAway().catch(() => {})
-  }
-
-  /** Frees in Redis the slots released while it did not answer; kept for later if it still does not. */
-  async #freeReleasedWhileAway (): Promise<void> {
-    const released = this.#releasedWhileAway
-    if (released.length === 0) return
-    this.#releasedWhileAway = []
-    const pipeline = this.#client.pipeline()
-    for (const [key, member] of released) pipeline.zrem(this.#slotKey(key), member)
-    try {
-      await this.#timed(pipeline.exec())
-    } catch (err) {
-      this.#releasedWhileAway.push(...released)
-      throw err
-    }
+    this.#leases.onReachable()
   }
 
   readonly #onDown = (err?: unknown): void => {
@@ -434,25 +393,6 @@ export class RedisStore implements SecureWsStore {
     context.deliver(event)
   }
 
-  #renew (): void {
-    if (!this.#available || this.#held.size === 0) return
-    let keys: string[] = []
-    let members: string[] = []
-    const flush = (): void => {
-      this.#timed(this.#client.secureWsRenew(keys.length, ...keys, this.#leaseMs, ...members)).catch(() => {})
-      keys = []
-      members = []
-    }
-    for (const [key, held] of this.#held) {
-      for (const member of held) {
-        keys.push(this.#slotKey(key))
-        members.push(member)
-        if (keys.length === RENEW_BATCH) flush()
-      }
-    }
-    if (keys.length > 0) flush()
-  }
-
   #startSweeping (): void {
     if (this.#sweepTimer !== undefined || this.#closed) return
     this.#sweepTimer = setInterval(() => {
@@ -466,12 +406,6 @@ export class RedisStore implements SecureWsStore {
     }, SWEEP_MS)
     this.#sweepTimer.unref()
   }
-}
-
-function chunks<T> (items: T[], size: number): T[][] {
-  const parts: T[][] = []
-  for (let start = 0; start < items.length; start += size) parts.push(items.slice(start, start + size))
-  return parts
 }
 
 /** A store shared by every instance that uses the same Redis (and `prefix`). */

@@ -1,6 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { connect as connectTcp, createServer, type Server, type Socket } from 'node:net'
 import { once } from 'node:events'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Cluster, Redis } from 'ioredis'
 import type { Test } from 'tap'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
 import { build, connect, type Built, type Client } from './helpers.js'
@@ -61,19 +65,7 @@ export class RedisServer {
       '--enable-debug-command', 'local'
     ], { stdio: ['ignore', 'pipe', 'inherit'] })
     this.#process = child
-    let output = ''
-    await new Promise<void>((resolve, reject) => {
-      const onData = (chunk: Buffer): void => {
-        output += chunk.toString()
-        if (output.includes('Ready to accept connections')) {
-          child.stdout!.off('data', onData)
-          child.stdout!.resume()
-          resolve()
-        }
-      }
-      child.stdout!.on('data', onData)
-      child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output}`)))
-    })
+    await readyToAccept(child)
   }
 
   /** Kills the server outright, as a crash or network cut would. */
@@ -209,4 +201,118 @@ export class TcpProxy {
     this.heal()
     await new Promise((resolve) => this.#server.close(resolve))
   }
+}
+
+/**
+ * A private 3-master Redis Cluster on loopback (no replicas, memory only), for machines
+ * without one (CI starts its own and sets REDIS_CLUSTER_NODES).
+ */
+export class RedisCluster {
+  readonly nodes: string[]
+  readonly #servers: ChildProcess[]
+  readonly #dir: string
+
+  private constructor (nodes: string[], servers: ChildProcess[], dir: string) {
+    this.nodes = nodes
+    this.#servers = servers
+    this.#dir = dir
+  }
+
+  static async start (): Promise<RedisCluster> {
+    const dir = await mkdtemp(join(tmpdir(), 'secure-ws-cluster-'))
+    const nodes: string[] = []
+    const servers: ChildProcess[] = []
+    const cluster = new RedisCluster(nodes, servers, dir)
+    try {
+      for (let i = 0; i < 3; i++) {
+        // The cluster bus gets a port of its own: port + 10000, Redis's default, may be taken or out of range.
+        const port = await freePort()
+        const busPort = await freePort()
+        const child = spawn(process.env.REDIS_SERVER_BIN ?? 'redis-server', [
+          '--port', String(port), '--cluster-port', String(busPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+          '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--cluster-node-timeout', '2000',
+          '--dir', dir, '--enable-debug-command', 'local'
+        ], { stdio: ['ignore', 'pipe', 'inherit'] })
+        servers.push(child)
+        await readyToAccept(child)
+        nodes.push(`127.0.0.1:${port}`)
+      }
+      const create = spawnSync(process.env.REDIS_CLI_BIN ?? 'redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8', timeout: 30_000 })
+      if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`)
+      await cluster.#waitForOk()
+      return cluster
+    } catch (err) {
+      await cluster.stop()
+      throw err
+    }
+  }
+
+  async #waitForOk (): Promise<void> {
+    const end = Date.now() + 20_000
+    for (;;) {
+      const states = this.nodes.map((node) => {
+        const [host, port] = node.split(':')
+        return spawnSync(process.env.REDIS_CLI_BIN ?? 'redis-cli', ['-h', host!, '-p', port!, 'cluster', 'info'], { encoding: 'utf8' }).stdout
+      })
+      if (states.every((info) => info.includes('cluster_state:ok'))) return
+      if (Date.now() > end) throw new Error(`cluster not ok within 20 s: ${states.join('\n')}`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+
+  async stop (): Promise<void> {
+    await Promise.all(this.#servers.map(async (child) => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGKILL')
+      await once(child, 'exit')
+    }))
+    await rm(this.#dir, { recursive: true, force: true })
+  }
+}
+
+/** Resolves once `child`, a redis-server, accepts connections. */
+async function readyToAccept (child: ChildProcess): Promise<void> {
+  let output = ''
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) {
+        child.stdout!.off('data', onData)
+        child.stdout!.resume()
+        resolve()
+      }
+    }
+    child.stdout!.on('data', onData)
+    child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output}`)))
+  })
+}
+
+/**
+ * The targets every shared-Redis test runs against: one Redis, and a 3-master Redis Cluster
+ * (CI's, from REDIS_CLUSTER_NODES, or a private one). Under CI=true a cluster that cannot be
+ * had fails the run rather than skipping it.
+ */
+export async function redisTargets (t: Test): Promise<Array<[name: string, target: RedisTarget]>> {
+  const targets: Array<[string, RedisTarget]> = [['one Redis', await sharedRedis(t)]]
+  if (process.env.REDIS_CLUSTER_NODES) {
+    targets.push(['Redis Cluster', { nodes: process.env.REDIS_CLUSTER_NODES.split(',') }])
+    return targets
+  }
+  try {
+    const cluster = await RedisCluster.start()
+    t.teardown(() => cluster.stop())
+    targets.push(['Redis Cluster', { nodes: cluster.nodes }])
+  } catch (err) {
+    const message = `no Redis Cluster: cluster tests NOT run (${(err as Error).message})`
+    if (process.env.CI === 'true') t.fail(message)
+    else process.stderr.write(`\n*** ${message} ***\n`)
+  }
+  return targets
+}
+
+/** A client of the test's own on `target`, for looking at keys; closed in teardown. */
+export function adminClient (t: { teardown: (fn: () => unknown) => void }, target: RedisTarget): Redis | Cluster {
+  const client = target.nodes !== undefined ? new Cluster(target.nodes) : new Redis(target.url!)
+  t.teardown(() => client.disconnect())
+  return client
 }

@@ -106,7 +106,8 @@ export class RedisStore implements SecureWsStore {
 
   constructor (options: RedisStoreOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client, url or nodes')
-    if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new InvalidOptionError('redisStore: prefix must be a string')
+    // A `{` would make the prefix the hash tag of every key: one Redis Cluster slot for all.
+    if (options.prefix !== undefined && (typeof options.prefix !== 'string' || options.prefix.includes('{'))) throw new InvalidOptionError('redisStore: prefix must be a string without "{"')
     if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new InvalidOptionError('redisStore: failOpen must be a boolean')
     if (options.now !== undefined && typeof options.now !== 'function') throw new InvalidOptionError('redisStore: now must be a function')
     this.#leaseMs = positiveInteger('leaseMs', options.leaseMs, DEFAULT_LEASE_MS)

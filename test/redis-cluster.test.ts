@@ -1,9 +1,9 @@
 import t from 'tap'
-import { Cluster } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import { redisStore } from '../lib/index.js'
 import { keySlot } from '../lib/stores/redis-cluster.js'
-import { connect, parseLogs, sign, type Client } from './helpers.js'
-import { adminClient, freshPrefix, instances, ping, redisTargets, requireRedis, sleep } from './redis-server.js'
+import { connect, eventually, parseLogs, sign, type Client } from './helpers.js'
+import { adminClient, connectWhenPossible, freshPrefix, instances, ping, redisTargets, requireRedis, sleep } from './redis-server.js'
 
 // What a Redis Cluster asks of the store beyond one Redis: every call within one hash slot,
 // renewals and releases per slot, and a `Cluster` client of the app's own.
@@ -74,6 +74,27 @@ if (requireRedis(t)) {
         t.same(await ping(client), { type: 'pong' }, `${user} can connect to B at once`)
         await client.close()
       }
+    })
+
+    t.test('after a slowdown of every node, new connections are refused (1013) and then accepted again, with no restart', async (t) => {
+      const [a] = await instances(t, cluster, 1, { commandTimeoutMs: 300 })
+      t.ok(await eventually(() => a!.app.secureWs.stats().store.available), 'the store is connected')
+      const admins = nodes.map((node) => {
+        const admin = new Redis(`redis://${node}`)
+        t.teardown(() => admin.disconnect())
+        return admin
+      })
+      const sleeping = admins.map((admin) => admin.call('DEBUG', 'SLEEP', '1.5'))
+      await sleep(50)
+      const refused = await connect(a!.url('/ws/alice-1'), { token: sign('alice') })
+      t.same(await refused.closed, { code: 1013, reason: 'Try again later' }, 'refused while the cluster does not answer')
+      t.equal(a!.app.secureWs.stats().store.available, false)
+      await Promise.all(sleeping)
+      const client = await connectWhenPossible(a!.url('/ws/alice-1'), { token: sign('alice') }, 5000)
+      t.ok(client, 'accepted again once it answers')
+      t.equal(a!.logs.filter((line) => line.includes('redis store unreachable')).length, 1, 'one line for the outage')
+      t.equal(a!.logs.filter((line) => line.includes('redis store reachable again')).length, 1, 'one when it ends')
+      await client?.close()
     })
 
     t.test('client: a Cluster of the app\'s own', async (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { connect, parseLogs, sign, type Client } from './helpers.js'
-import { adminClient, freshPrefix, instances, ping, RedisServer, redisTargets, requireRedis, sleep } from './redis-server.js'
+import { adminClient, everyoneHearing, freshPrefix, instances, ping, RedisServer, redisTargets, requireRedis, sleep } from './redis-server.js'
 
 const RATE_ERROR = { type: 'error', message: 'Rate limit exceeded. Connection closed.' }
 const RATE_CLOSE = { code: 1008, reason: 'Rate limit exceeded' }
@@ -82,6 +82,7 @@ if (requireRedis(t)) {
           const prefix = freshPrefix('skew')
           const [a] = await instances(t, redis, 1, { prefix })
           const [b] = await instances(t, redis, 1, { prefix, now: () => Date.now() + 1500 })
+        await everyoneHearing(t, [a!, b!])
           const token = sign('alice')
           const onA = await connect(a!.url('/ws/alice-1'), { token })
           const onB = await connect(b!.url('/ws/alice-1'), { token })

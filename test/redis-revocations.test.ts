@@ -1,5 +1,5 @@
 import t from 'tap'
-import { connect, sign } from './helpers.js'
+import { connect, eventually, sign } from './helpers.js'
 import { adminClient, freshPrefix, instances, ping, redisTargets, requireRedis, RedisServer, sleep } from './redis-server.js'
 
 const INVALID_TOKEN = { code: 4401, reason: 'Invalid or expired authentication token' }
@@ -43,6 +43,25 @@ if (requireRedis(t)) {
           t.same(await ping(again), { type: 'pong' }, `${name} admits the old credential again`)
           await again.close()
         }
+      })
+
+      t.test('a logout Redis loses (as in a failover) is still enforced by every instance that was running', async (t) => {
+        const prefix = freshPrefix('revocations-lost')
+        const [a, b] = await instances(t, redis, 2, { prefix })
+        const old = sign('alice', { iat: nowSeconds() - 10 })
+        const known = b!.app.secureWs.stats().store.revocations
+        await a!.app.secureWs.revokeUser('alice', { issuedBefore: (nowSeconds() - 5) * 1000 })
+        t.ok(await eventually(() => b!.app.secureWs.stats().store.revocations === known + 1), 'B heard of the logout')
+        const reader = adminClient(t, redis)
+        t.equal(await reader.del(`${prefix}revoked:{alice}`), 1, 'Redis loses the revocation')
+        for (const [name, instance] of [['A', a!], ['B', b!]] as const) {
+          const refused = await connect(instance.url('/ws/alice-1'), { token: old })
+          t.same(await refused.closed, INVALID_TOKEN, `${name}, running at the logout, still refuses the old credential`)
+        }
+        const [late] = await instances(t, redis, 1, { prefix })
+        const admitted = await connect(late!.url('/ws/alice-1'), { token: old })
+        t.same(await Promise.race([ping(admitted), admitted.closed]), { type: 'pong' }, 'an instance started after the loss cannot know of it (README: Failover)')
+        await admitted.close()
       })
 
       t.test('a later revocation reaching less far does not shorten or lower the one in force', async (t) => {

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { Cluster, Redis } from 'ioredis'
 import type { Test } from 'tap'
 import { redisStore, type RedisStoreOptions } from '../lib/index.js'
-import { build, connect, type Built, type Client } from './helpers.js'
+import { build, connect, eventually, type Built, type Client } from './helpers.js'
 
 /** A free TCP port on 127.0.0.1, found by letting the kernel pick one. */
 export async function freePort (): Promise<number> {
@@ -98,7 +98,16 @@ export async function instances (t: Test, redis: RedisTarget, count: number, sto
   for (let i = 0; i < count; i++) {
     built.push(await build(t, { options: { store: redisStore({ ...redis, prefix, syncIntervalMs: 20, ...store } as RedisStoreOptions), ...options } }))
   }
+  // Every instance hears the others' events before the test starts.
+  if (count > 1) await everyoneHearing(t, built)
   return built
+}
+
+/** Fails `t` unless each of `built` hears the events of another (so all are subscribed). */
+export async function everyoneHearing (t: { ok: (value: unknown, message: string) => unknown }, built: Built[]): Promise<void> {
+  for (let i = 0; i < built.length; i++) {
+    if (!await hearing(built[i === 0 ? 1 : 0]!, built[i]!)) t.ok(false, `instance ${i} hears the others`)
+  }
 }
 
 /** Tries to connect every 100 ms until a connection stays open, for up to `ms`. */
@@ -316,3 +325,20 @@ export function adminClient (t: { teardown: (fn: () => unknown) => void }, targe
   t.teardown(() => client.disconnect())
   return client
 }
+
+/**
+ * Resolves once `listener` hears the store events `speaker` sends: an instance subscribes to
+ * them as it starts, and one sent before that is not heard (pub/sub keeps nothing). Shows as
+ * a revocation of a throwaway user (`warm-up-<n>`) in the listener's stats.
+ */
+export async function hearing (speaker: Built, listener: Built): Promise<boolean> {
+  const end = Date.now() + 10_000
+  while (Date.now() < end) {
+    const known = listener.app.secureWs.stats().store.revocations
+    await speaker.app.secureWs.revokeUser(`warm-up-${++warmUps}`, { ttlMs: 60_000 })
+    if (await eventually(() => listener.app.secureWs.stats().store.revocations > known, 100)) return true
+  }
+  return false
+}
+
+let warmUps = 0

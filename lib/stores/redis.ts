@@ -7,6 +7,7 @@ import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
 import { Revocations } from '../revocations.js'
 import type { RateLimits } from '../rate-window.js'
 import { openClients, type RedisNode } from './redis-clients.js'
+import { Health, RedisTimeoutError } from './redis-health.js'
 import { RedisClock } from './redis-clock.js'
 import { batches } from './redis-cluster.js'
 import { Leases } from './redis-leases.js'
@@ -60,6 +61,7 @@ const RATE_BATCH = 250
 /** What instances tell each other: the plugin's events, and the store's own. */
 type ChannelEvent = BroadcastEvent |
   { kind: 'lockout', address: string, forMs: number } |
+  { kind: 'revocation', userId: string, issuedBefore: number, forMs: number } |
   { kind: 'rateExceeded', key: string, window: Exceeded['window'], at: number } |
   { kind: 'counted', keys: string[] }
 
@@ -97,9 +99,7 @@ export class RedisStore implements SecureWsStore {
   readonly #revocations = new Revocations()
   #lastFailureId = 0
   #log: FastifyBaseLogger = SILENT_LOG
-  #available = false
-  #everReady = false
-  #outageLogged = false
+  readonly #health: Health
   #closed = false
   #context: StoreContext | undefined
   #sweepTimer: NodeJS.Timeout | undefined
@@ -123,6 +123,15 @@ export class RedisStore implements SecureWsStore {
     this.#client = defineScripts(client)
     this.#subscriber = subscriber
     this.#clock = new RedisClock(options.now ?? Date.now)
+    this.#health = new Health({
+      log: () => this.#log,
+      failOpen: this.#failOpen,
+      // A write, so that a node demoted to replica by a failover (READONLY) does not pass for back.
+      probe: () => this.#timed(this.#client.set(`${this.#prefix}probe:{${this.#instanceId}}`, '1', 'PX', 1000)),
+      probeMs: Math.min(1000, this.#commandTimeoutMs),
+      // Leases may have run out meanwhile: renew what this instance still holds, and free what it let go of.
+      reachable: () => { this.#leases.onReachable() }
+    })
     this.#rates = new RateSync({
       client: this.#client,
       clock: this.#clock,
@@ -130,7 +139,7 @@ export class RedisStore implements SecureWsStore {
       keys: (key) => ({ second: `${this.#prefix}rate:{${key}}:s`, minute: `${this.#prefix}rate:{${key}}:m`, slots: this.#slotKey(key) }),
       syncIntervalMs,
       log: () => this.#log,
-      available: () => this.#available,
+      available: () => this.#health.available,
       timed: (promise) => this.#timed(promise),
       calls: (rates) => batches(rates, (rate) => rate.secondKey, RATE_BATCH, this.#cluster),
       exceeded: (key) => { this.#context?.rateExceeded(key) },
@@ -146,16 +155,16 @@ export class RedisStore implements SecureWsStore {
       clock: this.#clock,
       leaseMs: this.#leaseMs,
       commandTimeoutMs: this.#commandTimeoutMs,
-      available: () => this.#available,
+      available: () => this.#health.available,
       timed: (promise) => this.#timed(promise),
       slotKey: (key) => this.#slotKey(key),
       calls: (items, keyOf) => batches(items, keyOf, RENEW_BATCH, this.#cluster),
       slotsLost: (slots) => { this.#context?.slotsLost(slots) }
     }, this.#instanceId)
 
-    client.on('ready', this.#onReady)
-    client.on('error', this.#onDown)
-    client.on('close', this.#onDown)
+    client.on('ready', this.#health.up)
+    client.on('error', this.#health.down)
+    client.on('close', this.#health.down)
     // The subscriber reports the same outages; its errors only need a listener.
     this.#subscriber.on('error', () => {})
     // Revocations broadcast while the subscriber was away were missed: forget what is known
@@ -166,7 +175,7 @@ export class RedisStore implements SecureWsStore {
       subscribed = true
     })
     this.#subscriber.on('message', this.#onEvent)
-    if (client.status === 'ready') this.#onReady()
+    if (client.status === 'ready') this.#health.up()
   }
 
   init (context: StoreContext): void {
@@ -202,7 +211,7 @@ export class RedisStore implements SecureWsStore {
 
   async recordAuthFailure (address: string, limit: number): Promise<number> {
     this.#startSweeping()
-    if (!this.#available) return this.#authFailures.record(address, limit, Date.now())
+    if (!this.#health.available) return this.#authFailures.record(address, limit, Date.now())
     let answer: [number, number]
     try {
       // Hash-tagged by address, so the key has a slot of its own on a Redis Cluster.
@@ -233,13 +242,16 @@ export class RedisStore implements SecureWsStore {
     } catch (err) {
       throw new StoreUnavailableError((err as Error).message)
     }
-    this.#remember(userId, answer)
+    const known = this.#remember(userId, answer)
+    // The instances running now keep it in memory too: a logout Redis loses in a failover
+    // (replication is asynchronous) is still enforced by every instance that heard of it.
+    if (known > 0) this.#publish({ kind: 'revocation', userId, issuedBefore: known, forMs: answer[1] }).catch(() => {})
   }
 
   /**
    * A revocation known here is final until it expires: later ones reach this instance as
-   * `revoke` events, which drop what it knew. Anything else is asked of Redis, so an instance
-   * that started after a logout still refuses the old credentials.
+   * `revocation` events, which raise what it knew. Anything else is asked of Redis, so an
+   * instance that started after a logout still refuses the old credentials.
    */
   revokedBefore (userId: string): number | Promise<number> {
     const known = this.#revocations.revokedBefore(userId, Date.now())
@@ -279,7 +291,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   async #publish (event: ChannelEvent): Promise<void> {
-    if (!this.#available) throw new StoreUnavailableError('redis is unreachable')
+    if (!this.#health.available) throw new StoreUnavailableError('redis is unreachable')
     try {
       await this.#timed(this.#client.publish(this.#channel, JSON.stringify({ origin: this.#instanceId, event })))
     } catch (err) {
@@ -288,7 +300,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    return { slots: this.#leases.sizes(), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
+    return { available: this.#health.available, slots: this.#leases.sizes(), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {
@@ -300,9 +312,10 @@ export class RedisStore implements SecureWsStore {
     await this.#leases.close()
     this.#authFailures.clear()
     this.#revocations.clear()
-    this.#client.off('ready', this.#onReady)
-    this.#client.off('error', this.#onDown)
-    this.#client.off('close', this.#onDown)
+    this.#health.close()
+    this.#client.off('ready', this.#health.up)
+    this.#client.off('error', this.#health.down)
+    this.#client.off('close', this.#health.down)
     this.#subscriber.disconnect()
     if (this.#ownsClient) this.#client.disconnect()
   }
@@ -314,8 +327,8 @@ export class RedisStore implements SecureWsStore {
 
   /** True when Redis answers; before the first connection, waits up to the command timeout. */
   async #usable (): Promise<boolean> {
-    if (this.#available) return true
-    if (this.#everReady || this.#closed) return false
+    if (this.#health.available) return true
+    if (this.#health.everReady || this.#closed) return false
     await new Promise<void>((resolve) => {
       const done = (): void => {
         clearTimeout(timer)
@@ -325,34 +338,18 @@ export class RedisStore implements SecureWsStore {
       const timer = setTimeout(done, this.#commandTimeoutMs)
       this.#client.once('ready', done)
     })
-    return this.#available
+    // Not connected within the command timeout: that is an outage too, and logged as one.
+    if (!this.#health.available) this.#health.down(new RedisTimeoutError(this.#commandTimeoutMs))
+    return this.#health.available
   }
 
+  /** `promise`, or a RedisTimeoutError after `commandTimeoutMs`; a failure that means an outage is noted. */
   #timed<T> (promise: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`redis did not answer within ${this.#commandTimeoutMs} ms`)), this.#commandTimeoutMs)
+      timer = setTimeout(() => reject(new RedisTimeoutError(this.#commandTimeoutMs)), this.#commandTimeoutMs)
     })
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-  }
-
-  readonly #onReady = (): void => {
-    if (this.#available) return
-    this.#available = true
-    if (this.#everReady && this.#outageLogged) this.#log.info('fastify-secure-ws: redis store reachable again')
-    this.#everReady = true
-    this.#outageLogged = false
-    // Leases may have run out during the outage; put back what this instance still holds,
-    // and free what it let go of meanwhile.
-    this.#leases.onReachable()
-  }
-
-  readonly #onDown = (err?: unknown): void => {
-    this.#available = false
-    if (this.#outageLogged || this.#closed) return
-    this.#outageLogged = true
-    const message = err instanceof Error ? err.message : 'connection closed'
-    this.#log.warn({ reason: message }, 'fastify-secure-ws: redis store unreachable; refusing new connections until it returns')
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer)).catch(this.#health.failed)
   }
 
   readonly #onEvent = (channel: string, raw: string): void => {
@@ -385,11 +382,12 @@ export class RedisStore implements SecureWsStore {
       }
       return
     }
-    // Redis keeps the latest revocation, so a known one is raised to this one (an expiry of 0
-    // keeps the known one's); one not known here is read from Redis at the next connect.
-    if (event.kind === 'revoke' && typeof event.userId === 'string' && typeof event.issuedBefore === 'number' &&
-      this.#revocations.revokedBefore(event.userId, Date.now()) > 0) {
-      this.#revocations.revoke(event.userId, event.issuedBefore, 0)
+    if (event.kind === 'revocation') {
+      if (typeof event.userId === 'string' && Number.isFinite(event.issuedBefore) && Number.isSafeInteger(event.forMs) && event.forMs > 0) {
+        this.#revocations.revoke(event.userId, event.issuedBefore, Date.now() + event.forMs)
+        this.#startSweeping()
+      }
+      return
     }
     context.deliver(event)
   }

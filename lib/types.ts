@@ -292,6 +292,12 @@ export interface MessageCounter {
 
 /** What a store reports for `fastify.secureWs.stats()`. */
 export interface StoreStats {
+  /**
+   * Whether the store can reach its backend now (always true for a store that keeps
+   * everything in the process). While false, a shared store refuses new connections (1013)
+   * unless it fails open.
+   */
+  available: boolean
   /** Connection slots this process holds, by limit key. */
   slots: Record<string, number>
   /** Rate counters kept in this process (released once a user has been idle a minute). */

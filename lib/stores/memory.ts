@@ -93,7 +93,7 @@ export class MemoryStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    return { slots: sizes(this.#slots), rateCounters: this.#counters.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
+    return { available: true, slots: sizes(this.#slots), rateCounters: this.#counters.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {

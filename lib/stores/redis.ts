@@ -1,20 +1,33 @@
 import { randomUUID } from 'node:crypto'
-import { Redis, ReplyError, type RedisOptions } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import { AUTH_FAILURE_WINDOW_MS, AuthFailureLog } from '../auth-failures.js'
 import { InvalidOptionError, StoreUnavailableError } from '../errors.js'
-import { addTo, removeFrom, sizes } from '../keyed-sets.js'
 import { Revocations } from '../revocations.js'
-import { MINUTE_MS, SECOND_MS, type RateLimits } from '../rate-window.js'
-import { HeldRateCounter } from './held-counter.js'
+import type { RateLimits } from '../rate-window.js'
+import { openClients, type RedisNode } from './redis-clients.js'
+import { Health, RedisTimeoutError } from './redis-health.js'
+import { RedisClock } from './redis-clock.js'
+import { batches } from './redis-cluster.js'
+import { Leases } from './redis-leases.js'
+import { RateSync, type Exceeded } from './redis-rate.js'
+import { defineScripts, type ScriptedClient } from './redis-scripts.js'
 import type { BroadcastEvent, MessageCounter, SecureWsStore, StoreContext, StoreStats } from './types.js'
 
 export interface RedisStoreOptions {
-  /** An ioredis client the app owns; the store never closes it. Give this or `url`. */
-  client?: Redis
-  /** A Redis URL; the store opens and closes its own clients. */
+  /**
+   * An ioredis client the app owns, `Redis` or `Cluster`; the store never closes it. Give
+   * this, `url` or `nodes`.
+   */
+  client?: Redis | Cluster
+  /**
+   * A Redis URL; the store opens and closes its own clients. Several, comma-separated, are
+   * the seed nodes of a Redis Cluster.
+   */
   url?: string
+  /** The seed nodes of a Redis Cluster (`host:port`, URLs or `{ host, port }`); the store opens and closes its own clients. */
+  nodes?: RedisNode[]
   /** Prefix of every key and channel the store uses. @default 'secure-ws:' */
   prefix?: string
   /** How long a connection slot outlives the instance that holds it, in ms. @default 30000 */
@@ -24,180 +37,33 @@ export interface RedisStoreOptions {
   /** How long one Redis call may take before the store counts Redis as unreachable, in ms. @default 1000 */
   commandTimeoutMs?: number
   /**
-   * While Redis is unreachable, admit connections under this instance's own limits instead
-   * of refusing them with 1013. Off by default: an outage must not lift the limits.
+   * While Redis is unreachable, admit connections under this instance's own limits, and
+   * against the revocations it knows, instead of refusing them with 1013. Off by default: an
+   * outage must not lift the limits.
    * @default false
    */
   failOpen?: boolean
+  /** Clock in ms since the epoch; for tests. @default Date.now */
+  now?: () => number
 }
 
 const DEFAULT_PREFIX = 'secure-ws:'
 const DEFAULT_LEASE_MS = 30_000
 const DEFAULT_SYNC_INTERVAL_MS = 50
 const DEFAULT_COMMAND_TIMEOUT_MS = 1000
-// Matches the local counter's buckets, so Redis and local sums cover the same spans.
-const RATE_BUCKET_MS = 50
-const RATE_SWEEP_MS = 10_000
+// Leases renewed in one script call.
 const RENEW_BATCH = 500
+// Lockouts and revocations known here are swept this often.
+const SWEEP_MS = 10_000
 // Users whose counts go to Redis in one script call; a sync sends as many calls as it needs.
-const RATE_BATCH = 500
+const RATE_BATCH = 250
 
-// Server time, so instances with skewed clocks agree on when a lease runs out.
-const NOW_MS = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
-
-const ACQUIRE_LUA = `${NOW_MS}
-local lease = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], lease * 2)
-return 1`
-
-const RENEW_LUA = `${NOW_MS}
-local lease = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', KEYS[i], lease * 2)
-end
-return #KEYS`
-
-// For each key: adds this instance's counts per 50 ms bucket, drops buckets past the windows
-// and returns the totals of every instance over the last second (21 buckets) and minute (61
-// buckets). One call carries every user a sync has counts for: ARGV is now's bucket, the
-// keys' time to live, then per key the number of its (bucket, count) pairs and the pairs.
-// A key that holds something other than a hash (another app writing under our prefix) is
-// left alone and answered with -1, -1: one such key must not fail the other users' counts.
-const RATE_LUA = `local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local nowMinute = math.floor(now / 20)
-local totals = {}
-local a = 3
-for k = 1, #KEYS do
-  local key = KEYS[k]
-  local runs = tonumber(ARGV[a])
-  a = a + 1
-  local kind = redis.call('TYPE', key).ok
-  if kind ~= 'hash' and kind ~= 'none' then
-    a = a + 2 * runs
-    totals[2 * k - 1] = -1
-    totals[2 * k] = -1
-  else
-    for r = 1, runs do
-      local tick = tonumber(ARGV[a])
-      local n = tonumber(ARGV[a + 1])
-      a = a + 2
-      redis.call('HINCRBY', key, 's' .. tick, n)
-      redis.call('HINCRBY', key, 'm' .. math.floor(tick / 20), n)
-    end
-    local second, minute = 0, 0
-    local fields = redis.call('HGETALL', key)
-    for i = 1, #fields, 2 do
-      local field = fields[i]
-      local tick = tonumber(string.sub(field, 2))
-      local n = tonumber(fields[i + 1])
-      if string.sub(field, 1, 1) == 's' then
-        if tick > now - 21 then second = second + n else redis.call('HDEL', key, field) end
-      else
-        if tick > nowMinute - 61 then minute = minute + n else redis.call('HDEL', key, field) end
-      end
-    end
-    redis.call('PEXPIRE', key, ttl)
-    totals[2 * k - 1] = second
-    totals[2 * k] = minute
-  end
-end
-return totals`
-
-// One failed authentication from an address: a sorted set of failure times per address, on
-// Redis's clock. Answers until when the address is locked out (0 if not) and Redis's now,
-// so the instance can carry the lockout over to its own clock.
-const AUTH_FAILURE_LUA = `${NOW_MS}
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-local n = redis.call('ZCARD', KEYS[1])
-if n < limit then return {0, now} end
-local oldest = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
-return {tonumber(oldest[2]) + window, now}`
-
-/** What instances tell each other: the plugin's events, and the store's own lockouts. */
-type ChannelEvent = BroadcastEvent | { kind: 'lockout', address: string, forMs: number }
-
-interface ScriptedRedis extends Redis {
-  secureWsAuthFailure (key: string, limit: number, windowMs: number, member: string): Promise<[number, number]>
-  secureWsAcquire (key: string, limit: number, member: string, leaseMs: number): Promise<number>
-  secureWsRenew (...args: Array<string | number>): Promise<number>
-  secureWsRate (...args: Array<string | number>): Promise<number[]>
-}
-
-/**
- * One user's message counts: this instance's own, exact, and the others' as of the last sync.
- * The message path only counts locally and notes what Redis has not seen yet.
- */
-class SharedRate extends HeldRateCounter {
-  readonly redisKey: string
-  /** Counts Redis has not seen, as runs of (50 ms bucket, count) in arrival order. */
-  pendingTicks: number[] = []
-  pendingCounts: number[] = []
-  pendingCount = 0
-  remoteSecond = 0
-  remoteMinute = 0
-  syncedAt = Number.NEGATIVE_INFINITY
-  /** The store's set of counters with counts to send. */
-  readonly #dirty: Set<SharedRate>
-
-  constructor (redisKey: string, limits: Readonly<RateLimits>, dirty: Set<SharedRate>) {
-    super(limits)
-    this.redisKey = redisKey
-    this.#dirty = dirty
-  }
-
-  consume (): boolean {
-    const now = Date.now()
-    const age = now - this.syncedAt
-    if (!this.tryConsume(now, age <= SECOND_MS ? this.remoteSecond : 0, age <= MINUTE_MS ? this.remoteMinute : 0)) return false
-    const tick = Math.floor(now / RATE_BUCKET_MS)
-    const last = this.pendingTicks.length - 1
-    if (last >= 0 && this.pendingTicks[last] === tick) {
-      this.pendingCounts[last]!++
-    } else {
-      this.pendingTicks.push(tick)
-      this.pendingCounts.push(1)
-    }
-    if (this.pendingCount++ === 0) this.#dirty.add(this)
-    return true
-  }
-
-  /**
-   * Idle also waits for the other instances' counts, as last heard, to stop applying: until
-   * then the counter is refreshed once a second, so a user refused on their strength is let
-   * back in once those counts have left the window, not up to a minute later.
-   */
-  override isIdle (now: number): boolean {
-    return super.isIdle(now) && (this.remoteMinute === 0 || now - this.syncedAt > MINUTE_MS)
-  }
-
-  /** Counts Redis has not seen yet keep the counter too. */
-  override canDrop (now: number): boolean {
-    return super.canDrop(now) && this.pendingCount === 0
-  }
-
-  /** Appends the pending counts to a sync's arguments and forgets them. */
-  takePending (args: number[]): void {
-    args.push(this.pendingTicks.length)
-    for (let i = 0; i < this.pendingTicks.length; i++) args.push(this.pendingTicks[i]!, this.pendingCounts[i]!)
-    this.dropPending()
-  }
-
-  dropPending (): void {
-    this.pendingTicks = []
-    this.pendingCounts = []
-    this.pendingCount = 0
-  }
-}
+/** What instances tell each other: the plugin's events, and the store's own. */
+type ChannelEvent = BroadcastEvent |
+  { kind: 'lockout', address: string, forMs: number } |
+  { kind: 'revocation', userId: string, issuedBefore: number, forMs: number } |
+  { kind: 'rateExceeded', key: string, window: Exceeded['window'], at: number } |
+  { kind: 'counted', keys: string[] }
 
 function positiveInteger (name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback
@@ -214,133 +80,133 @@ const SILENT_LOG = { warn () {}, info () {}, error () {} } as unknown as Fastify
  * and synchronous; counts are exchanged with Redis in the background (see README).
  */
 export class RedisStore implements SecureWsStore {
-  readonly #client: ScriptedRedis
-  readonly #subscriber: Redis
+  readonly #client: ScriptedClient
+  readonly #subscriber: Redis | Cluster
   readonly #ownsClient: boolean
   readonly #prefix: string
   readonly #channel: string
   readonly #leaseMs: number
-  readonly #syncIntervalMs: number
   readonly #commandTimeoutMs: number
   readonly #failOpen: boolean
   readonly #instanceId = randomUUID()
-  /** Slots this instance holds: limit key → members. */
-  readonly #held = new Map<string, Set<string>>()
-  readonly #rates = new Map<string, SharedRate>()
-  readonly #dirty = new Set<SharedRate>()
+  readonly #leases: Leases
+  /** Whether the client is a Redis Cluster: calls are then grouped by hash slot. */
+  readonly #cluster: boolean
+  readonly #clock: RedisClock
+  readonly #rates: RateSync
   /** Lockouts learnt from Redis and from the other instances; failures counted here during an outage. */
   readonly #authFailures = new AuthFailureLog()
   readonly #revocations = new Revocations()
   #lastFailureId = 0
-  /** Slots released while Redis was unreachable, freed there once it is back. */
-  #releasedWhileAway: Array<[key: string, member: string]> = []
   #log: FastifyBaseLogger = SILENT_LOG
-  #deliver: ((event: BroadcastEvent) => void) | undefined
-  #available = false
-  #everReady = false
-  #outageLogged = false
+  readonly #health: Health
   #closed = false
-  #syncing = false
-  /** Rate keys found holding another type, each logged once. */
-  readonly #foreignKeys = new Set<string>()
-  /** A failing rate script is logged once until a sync succeeds again. */
-  #syncErrorLogged = false
-  #renewTimer: NodeJS.Timeout | undefined
-  #syncTimer: NodeJS.Timeout | undefined
+  #context: StoreContext | undefined
   #sweepTimer: NodeJS.Timeout | undefined
-  #lastStaleScan = 0
 
   constructor (options: RedisStoreOptions) {
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client or url')
-    if ((options.client === undefined) === (options.url === undefined)) throw new InvalidOptionError('redisStore: give exactly one of client or url')
-    if (options.url !== undefined && typeof options.url !== 'string') throw new InvalidOptionError('redisStore: url must be a string')
-    if (options.prefix !== undefined && typeof options.prefix !== 'string') throw new InvalidOptionError('redisStore: prefix must be a string')
+    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('redisStore: options must be an object with client, url or nodes')
+    // A `{` would make the prefix the hash tag of every key: one Redis Cluster slot for all.
+    if (options.prefix !== undefined && (typeof options.prefix !== 'string' || options.prefix.includes('{'))) throw new InvalidOptionError('redisStore: prefix must be a string without "{"')
     if (options.failOpen !== undefined && typeof options.failOpen !== 'boolean') throw new InvalidOptionError('redisStore: failOpen must be a boolean')
+    if (options.now !== undefined && typeof options.now !== 'function') throw new InvalidOptionError('redisStore: now must be a function')
     this.#leaseMs = positiveInteger('leaseMs', options.leaseMs, DEFAULT_LEASE_MS)
-    this.#syncIntervalMs = positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS)
     this.#commandTimeoutMs = positiveInteger('commandTimeoutMs', options.commandTimeoutMs, DEFAULT_COMMAND_TIMEOUT_MS)
     this.#failOpen = options.failOpen === true
     this.#prefix = options.prefix ?? DEFAULT_PREFIX
     this.#channel = `${this.#prefix}events`
 
-    // Commands fail at once while Redis is away instead of queueing; reconnects keep trying.
-    const clientOptions: RedisOptions = {
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (times) => Math.min(times * 100, 1000)
-    }
-    this.#ownsClient = options.client === undefined
-    const client = options.client ?? new Redis(options.url!, clientOptions)
-    this.#client = client as ScriptedRedis
-    this.#subscriber = client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, retryStrategy: clientOptions.retryStrategy })
-    client.defineCommand('secureWsAcquire', { numberOfKeys: 1, lua: ACQUIRE_LUA })
-    client.defineCommand('secureWsRenew', { lua: RENEW_LUA })
-    client.defineCommand('secureWsRate', { lua: RATE_LUA })
-    client.defineCommand('secureWsAuthFailure', { numberOfKeys: 1, lua: AUTH_FAILURE_LUA })
+    const syncIntervalMs = positiveInteger('syncIntervalMs', options.syncIntervalMs, DEFAULT_SYNC_INTERVAL_MS)
+    const { client, subscriber, owned, cluster } = openClients(options)
+    this.#ownsClient = owned
+    this.#cluster = cluster
+    this.#client = defineScripts(client)
+    this.#subscriber = subscriber
+    this.#clock = new RedisClock(options.now ?? Date.now)
+    this.#health = new Health({
+      log: () => this.#log,
+      failOpen: this.#failOpen,
+      // A write, so that a node demoted to replica by a failover (READONLY) does not pass for back.
+      probe: () => this.#timed(this.#client.set(`${this.#prefix}probe:{${this.#instanceId}}`, '1', 'PX', 1000)),
+      probeMs: Math.min(1000, this.#commandTimeoutMs),
+      // Leases may have run out meanwhile: renew what this instance still holds, and free what it let go of.
+      reachable: () => { this.#leases.onReachable() }
+    })
+    this.#rates = new RateSync({
+      client: this.#client,
+      clock: this.#clock,
+      instanceId: this.#instanceId,
+      keys: (key) => ({ second: `${this.#prefix}rate:{${key}}:s`, minute: `${this.#prefix}rate:{${key}}:m`, slots: this.#slotKey(key) }),
+      syncIntervalMs,
+      log: () => this.#log,
+      available: () => this.#health.available,
+      timed: (promise) => this.#timed(promise),
+      calls: (rates) => batches(rates, (rate) => rate.secondKey, RATE_BATCH, this.#cluster),
+      exceeded: (key) => { this.#context?.rateExceeded(key) },
+      announce: (key, exceeded) => {
+        this.#publish({ kind: 'rateExceeded', key, window: exceeded.window, at: exceeded.at }).catch(() => {})
+      },
+      announceCounted: (keys) => {
+        this.#publish({ kind: 'counted', keys }).catch(() => {})
+      }
+    })
+    this.#leases = new Leases({
+      client: this.#client,
+      clock: this.#clock,
+      leaseMs: this.#leaseMs,
+      commandTimeoutMs: this.#commandTimeoutMs,
+      available: () => this.#health.available,
+      timed: (promise) => this.#timed(promise),
+      slotKey: (key) => this.#slotKey(key),
+      calls: (items, keyOf) => batches(items, keyOf, RENEW_BATCH, this.#cluster),
+      slotsLost: (slots) => { this.#context?.slotsLost(slots) }
+    }, this.#instanceId)
 
-    client.on('ready', this.#onReady)
-    client.on('error', this.#onDown)
-    client.on('close', this.#onDown)
+    client.on('ready', this.#health.up)
+    client.on('error', this.#health.down)
+    client.on('close', this.#health.down)
     // The subscriber reports the same outages; its errors only need a listener.
     this.#subscriber.on('error', () => {})
+    // Revocations broadcast while the subscriber was away were missed: forget what is known
+    // here and ask Redis again. (Its first connection missed nothing this instance knows.)
+    let subscribed = false
+    this.#subscriber.on('ready', () => {
+      if (subscribed) this.#revocations.clear()
+      subscribed = true
+    })
     this.#subscriber.on('message', this.#onEvent)
-    if (client.status === 'ready') this.#onReady()
+    if (client.status === 'ready') this.#health.up()
   }
 
   init (context: StoreContext): void {
     this.#log = context.log
-    this.#deliver = context.deliver
+    this.#context = context
     this.#subscriber.subscribe(this.#channel).catch((err: unknown) => {
       this.#log.error({ err }, 'fastify-secure-ws: redis store could not subscribe to its event channel')
     })
   }
 
   async acquireSlot (key: string, connectionId: string, limit: number): Promise<boolean> {
-    const member = `${this.#instanceId}:${connectionId}`
     if (!(await this.#usable())) {
       if (!this.#failOpen) throw new StoreUnavailableError('redis is unreachable')
       // Fail-open: this instance's own count is all there is until Redis returns.
-      if ((this.#held.get(key)?.size ?? 0) >= limit) return false
-      this.#hold(key, member)
+      if (this.#leases.count(key) >= limit) return false
+      this.#leases.holdLocally(key, connectionId)
       return true
     }
-    let acquired: number
     try {
-      // Slots let go of while Redis did not answer must not count against this user now.
-      await this.#freeReleasedWhileAway()
-      acquired = await this.#timed(this.#client.secureWsAcquire(this.#slotKey(key), limit, member, this.#leaseMs))
+      return await this.#leases.acquire(key, connectionId, limit)
     } catch (err) {
       throw new StoreUnavailableError((err as Error).message)
     }
-    if (acquired !== 1) return false
-    this.#hold(key, member)
-    return true
   }
 
   async releaseSlot (key: string, connectionId: string): Promise<void> {
-    const member = `${this.#instanceId}:${connectionId}`
-    if (!removeFrom(this.#held, key, member)) return
-    if (this.#held.size === 0) this.#stopRenewing()
-    // While Redis is away, remember the release: if Redis kept its data, the lease would
-    // otherwise hold the user's slot until it runs out.
-    if (!this.#available) {
-      this.#releasedWhileAway.push([key, member])
-      return
-    }
-    await this.#timed(this.#client.zrem(this.#slotKey(key), member)).catch(() => {
-      this.#releasedWhileAway.push([key, member])
-    })
+    await this.#leases.release(key, connectionId)
   }
 
   holdCounter (key: string, limits: Readonly<RateLimits>): MessageCounter {
-    let rate = this.#rates.get(key)
-    if (rate === undefined) {
-      rate = new SharedRate(`${this.#prefix}rate:${key}`, limits, this.#dirty)
-      this.#rates.set(key, rate)
-      this.#startSyncing()
-      this.#startSweeping()
-    }
-    return rate.hold()
+    return this.#rates.hold(key, limits)
   }
 
   async recordAuthFailure (address: string, limit: number): Promise<number> {
@@ -371,12 +237,55 @@ export class RedisStore implements SecureWsStore {
   }
 
   async revokeUser (userId: string, issuedBefore: number, ttlMs: number): Promise<void> {
-    // TODO(issue 13/14): kept in Redis so instances that start later know it.
-    this.#revocations.revoke(userId, issuedBefore, Date.now() + ttlMs)
+    if (!(await this.#usable())) throw new StoreUnavailableError('redis is unreachable')
+    let answer: [string, number]
+    try {
+      answer = await this.#timed(this.#client.secureWsRevoke(this.#revocationKey(userId), issuedBefore, ttlMs))
+    } catch (err) {
+      throw new StoreUnavailableError((err as Error).message)
+    }
+    const known = this.#remember(userId, answer)
+    // The instances running now keep it in memory too: a logout Redis loses in a failover
+    // (replication is asynchronous) is still enforced by every instance that heard of it.
+    if (known > 0) this.#publish({ kind: 'revocation', userId, issuedBefore: known, forMs: answer[1] }).catch(() => {})
   }
 
-  revokedBefore (userId: string): number {
-    return this.#revocations.revokedBefore(userId, Date.now())
+  /**
+   * A revocation known here is final until it expires: later ones reach this instance as
+   * `revocation` events, which raise what it knew. Anything else is asked of Redis, so an
+   * instance that started after a logout still refuses the old credentials.
+   */
+  revokedBefore (userId: string): number | Promise<number> {
+    const known = this.#revocations.revokedBefore(userId, Date.now())
+    if (known > 0) return known
+    return this.#readRevocation(userId)
+  }
+
+  async #readRevocation (userId: string): Promise<number> {
+    let answer: [string, number]
+    try {
+      if (!(await this.#usable())) throw new Error('redis is unreachable')
+      answer = await this.#timed(this.#client.secureWsRevoked(this.#revocationKey(userId)))
+    } catch (err) {
+      // Fail-open: the revocations this instance knows (checked before) are all there is.
+      if (this.#failOpen) return 0
+      throw new StoreUnavailableError((err as Error).message)
+    }
+    return this.#remember(userId, answer)
+  }
+
+  /** Keeps what Redis answered for `userId` (a revocation and its time to live); returns it. */
+  #remember (userId: string, [value, ttlMs]: [string, number]): number {
+    const issuedBefore = Number(value)
+    if (!(issuedBefore > 0 && ttlMs > 0)) return 0
+    this.#revocations.revoke(userId, issuedBefore, Date.now() + ttlMs)
+    this.#startSweeping()
+    return issuedBefore
+  }
+
+  #revocationKey (userId: string): string {
+    // Hash-tagged by user, so the key has a slot of its own on a Redis Cluster.
+    return `${this.#prefix}revoked:{${userId}}`
   }
 
   async broadcast (event: BroadcastEvent): Promise<void> {
@@ -384,7 +293,7 @@ export class RedisStore implements SecureWsStore {
   }
 
   async #publish (event: ChannelEvent): Promise<void> {
-    if (!this.#available) throw new StoreUnavailableError('redis is unreachable')
+    if (!this.#health.available) throw new StoreUnavailableError('redis is unreachable')
     try {
       await this.#timed(this.#client.publish(this.#channel, JSON.stringify({ origin: this.#instanceId, event })))
     } catch (err) {
@@ -393,54 +302,35 @@ export class RedisStore implements SecureWsStore {
   }
 
   stats (): StoreStats {
-    return { slots: sizes(this.#held), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
+    return { available: this.#health.available, slots: this.#leases.sizes(), rateCounters: this.#rates.size, authFailureAddresses: this.#authFailures.size, revocations: this.#revocations.size }
   }
 
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    this.#stopRenewing()
-    clearInterval(this.#syncTimer)
     clearInterval(this.#sweepTimer)
-    this.#syncTimer = undefined
     this.#sweepTimer = undefined
-    if (this.#available && this.#held.size > 0) {
-      const pipeline = this.#client.pipeline()
-      for (const [key, members] of this.#held) pipeline.zrem(this.#slotKey(key), ...members)
-      await this.#timed(pipeline.exec()).catch(() => {})
-    }
-    this.#held.clear()
-    this.#rates.clear()
-    this.#dirty.clear()
+    this.#rates.close()
+    await this.#leases.close()
     this.#authFailures.clear()
-    this.#client.off('ready', this.#onReady)
-    this.#client.off('error', this.#onDown)
-    this.#client.off('close', this.#onDown)
+    this.#revocations.clear()
+    this.#health.close()
+    this.#client.off('ready', this.#health.up)
+    this.#client.off('error', this.#health.down)
+    this.#client.off('close', this.#health.down)
     this.#subscriber.disconnect()
     if (this.#ownsClient) this.#client.disconnect()
   }
 
   #slotKey (key: string): string {
-    return `${this.#prefix}slots:${key}`
-  }
-
-  #hold (key: string, member: string): void {
-    addTo(this.#held, key, member)
-    if (this.#renewTimer === undefined) {
-      this.#renewTimer = setInterval(() => { this.#renew() }, Math.max(1, Math.floor(this.#leaseMs / 3)))
-      this.#renewTimer.unref()
-    }
-  }
-
-  #stopRenewing (): void {
-    clearInterval(this.#renewTimer)
-    this.#renewTimer = undefined
+    // Hash-tagged like the user's rate keys: the rate script reads who holds slots.
+    return `${this.#prefix}slots:{${key}}`
   }
 
   /** True when Redis answers; before the first connection, waits up to the command timeout. */
   async #usable (): Promise<boolean> {
-    if (this.#available) return true
-    if (this.#everReady || this.#closed) return false
+    if (this.#health.available) return true
+    if (this.#health.everReady || this.#closed) return false
     await new Promise<void>((resolve) => {
       const done = (): void => {
         clearTimeout(timer)
@@ -450,54 +340,23 @@ export class RedisStore implements SecureWsStore {
       const timer = setTimeout(done, this.#commandTimeoutMs)
       this.#client.once('ready', done)
     })
-    return this.#available
+    // Not connected within the command timeout: that is an outage too, and logged as one.
+    if (!this.#health.available) this.#health.down(new RedisTimeoutError(this.#commandTimeoutMs))
+    return this.#health.available
   }
 
+  /** `promise`, or a RedisTimeoutError after `commandTimeoutMs`; a failure that means an outage is noted. */
   #timed<T> (promise: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`redis did not answer within ${this.#commandTimeoutMs} ms`)), this.#commandTimeoutMs)
+      timer = setTimeout(() => reject(new RedisTimeoutError(this.#commandTimeoutMs)), this.#commandTimeoutMs)
     })
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-  }
-
-  readonly #onReady = (): void => {
-    if (this.#available) return
-    this.#available = true
-    if (this.#everReady && this.#outageLogged) this.#log.info('fastify-secure-ws: redis store reachable again')
-    this.#everReady = true
-    this.#outageLogged = false
-    // Leases may have run out during the outage; put back what this instance still holds,
-    // and free what it let go of meanwhile.
-    this.#renew()
-    this.#freeReleasedWhileAway().catch(() => {})
-  }
-
-  /** Frees in Redis the slots released while it did not answer; kept for later if it still does not. */
-  async #freeReleasedWhileAway (): Promise<void> {
-    const released = this.#releasedWhileAway
-    if (released.length === 0) return
-    this.#releasedWhileAway = []
-    const pipeline = this.#client.pipeline()
-    for (const [key, member] of released) pipeline.zrem(this.#slotKey(key), member)
-    try {
-      await this.#timed(pipeline.exec())
-    } catch (err) {
-      this.#releasedWhileAway.push(...released)
-      throw err
-    }
-  }
-
-  readonly #onDown = (err?: unknown): void => {
-    this.#available = false
-    if (this.#outageLogged || this.#closed) return
-    this.#outageLogged = true
-    const message = err instanceof Error ? err.message : 'connection closed'
-    this.#log.warn({ reason: message }, 'fastify-secure-ws: redis store unreachable; refusing new connections until it returns')
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer)).catch(this.#health.failed)
   }
 
   readonly #onEvent = (channel: string, raw: string): void => {
-    if (channel !== this.#channel || this.#deliver === undefined) return
+    const context = this.#context
+    if (channel !== this.#channel || context === undefined) return
     let message: { origin?: unknown, event?: ChannelEvent }
     try {
       message = secureJson.parse(raw, null, { protoAction: 'remove', constructorAction: 'remove' })
@@ -515,117 +374,38 @@ export class RedisStore implements SecureWsStore {
       }
       return
     }
-    this.#deliver(event)
-  }
-
-  #renew (): void {
-    if (!this.#available || this.#held.size === 0) return
-    let keys: string[] = []
-    let members: string[] = []
-    const flush = (): void => {
-      this.#timed(this.#client.secureWsRenew(keys.length, ...keys, this.#leaseMs, ...members)).catch(() => {})
-      keys = []
-      members = []
+    if (event.kind === 'counted') {
+      if (Array.isArray(event.keys)) this.#rates.onCounted(event.keys.filter((key): key is string => typeof key === 'string'))
+      return
     }
-    for (const [key, held] of this.#held) {
-      for (const member of held) {
-        keys.push(this.#slotKey(key))
-        members.push(member)
-        if (keys.length === RENEW_BATCH) flush()
+    if (event.kind === 'rateExceeded') {
+      if (typeof event.key === 'string' && (event.window === 'second' || event.window === 'minute') && Number.isSafeInteger(event.at)) {
+        this.#rates.onExceeded(event.key, { window: event.window, at: event.at })
       }
+      return
     }
-    if (keys.length > 0) flush()
-  }
-
-  #startSyncing (): void {
-    if (this.#syncTimer !== undefined || this.#closed) return
-    this.#syncTimer = setInterval(() => { this.#sync() }, this.#syncIntervalMs)
-    this.#syncTimer.unref()
+    if (event.kind === 'revocation') {
+      if (typeof event.userId === 'string' && Number.isFinite(event.issuedBefore) && Number.isSafeInteger(event.forMs) && event.forMs > 0) {
+        this.#revocations.revoke(event.userId, event.issuedBefore, Date.now() + event.forMs)
+        this.#startSweeping()
+      }
+      return
+    }
+    context.deliver(event)
   }
 
   #startSweeping (): void {
     if (this.#sweepTimer !== undefined || this.#closed) return
     this.#sweepTimer = setInterval(() => {
       const now = Date.now()
-      for (const [key, rate] of this.#rates) {
-        if (rate.canDrop(now)) this.#rates.delete(key)
-      }
       this.#authFailures.sweep(now)
-      if (this.#rates.size === 0 && this.#authFailures.size === 0) {
+      this.#revocations.sweep(now)
+      if (this.#authFailures.size === 0 && this.#revocations.size === 0) {
         clearInterval(this.#sweepTimer)
-        clearInterval(this.#syncTimer)
         this.#sweepTimer = undefined
-        this.#syncTimer = undefined
       }
-    }, RATE_SWEEP_MS)
+    }, SWEEP_MS)
     this.#sweepTimer.unref()
-  }
-
-  /** Sends the counts taken since the last sync and learns what the other instances counted. */
-  #sync (): void {
-    if (this.#syncing) return
-    const now = Date.now()
-    // Once a second, also refresh users active here this minute whose counts are stale, so
-    // bursts on other instances are seen before this one accepts more.
-    if (now - this.#lastStaleScan >= SECOND_MS) {
-      this.#lastStaleScan = now
-      for (const rate of this.#rates.values()) {
-        if (now - rate.syncedAt >= SECOND_MS && !rate.isIdle(now)) this.#dirty.add(rate)
-      }
-    }
-    if (this.#dirty.size === 0) return
-    const batch = [...this.#dirty]
-    this.#dirty.clear()
-    if (!this.#available) {
-      // During an outage every instance counts alone; counts taken meanwhile are not replayed.
-      for (const rate of batch) rate.dropPending()
-      return
-    }
-    const nowTick = Math.floor(now / RATE_BUCKET_MS)
-    const calls: Array<Promise<void>> = []
-    for (let start = 0; start < batch.length; start += RATE_BATCH) {
-      const part = batch.slice(start, start + RATE_BATCH)
-      const args: number[] = [nowTick, MINUTE_MS * 2]
-      for (const rate of part) rate.takePending(args)
-      const call = this.#client.secureWsRate(part.length, ...part.map((rate) => rate.redisKey), ...args)
-      calls.push(this.#timed(call).then((totals) => {
-        this.#syncErrorLogged = false
-        if (Array.isArray(totals)) this.#learn(part, totals)
-      }, this.#syncFailed))
-    }
-    this.#syncing = true
-    Promise.all(calls).finally(() => { this.#syncing = false })
-  }
-
-  // The counts of a failed sync are lost and each instance counts alone until the next one.
-  // A timeout or a lost connection is an outage, which #onDown reports; an error Redis
-  // answered (out of memory, a script error) is reported here.
-  readonly #syncFailed = (err: unknown): void => {
-    if (!(err instanceof ReplyError) || this.#syncErrorLogged || this.#closed) return
-    this.#syncErrorLogged = true
-    this.#log.error({ err }, 'fastify-secure-ws: redis store could not sync message counts; each instance counts alone until it can')
-  }
-
-  /** Takes in what Redis counted for each user of a sync, every instance together. */
-  #learn (part: SharedRate[], totals: number[]): void {
-    const at = Date.now()
-    for (let i = 0; i < part.length; i++) {
-      const rate = part[i]!
-      const second = totals[2 * i]
-      const minute = totals[2 * i + 1]
-      if (typeof second !== 'number' || typeof minute !== 'number') continue
-      if (second < 0) {
-        if (!this.#foreignKeys.has(rate.redisKey)) {
-          this.#foreignKeys.add(rate.redisKey)
-          this.#log.error({ key: rate.redisKey }, 'fastify-secure-ws: redis store found another type of value under a rate key; that user\'s message counts stay local to each instance')
-        }
-        continue
-      }
-      // Redis totals include what this instance sent; what it counted since is still pending.
-      rate.remoteSecond = Math.max(0, second - (rate.second.count(at) - rate.pendingCount))
-      rate.remoteMinute = Math.max(0, minute - (rate.minute.count(at) - rate.pendingCount))
-      rate.syncedAt = at
-    }
   }
 }
 

@@ -159,11 +159,13 @@ export class TcpProxy {
   }
 
   static async start (t: { teardown: (fn: () => unknown) => void }, targetPort: number): Promise<TcpProxy> {
-    let proxy: TcpProxy | undefined
-    const server = createServer((client) => { proxy!.#relay(client) })
+    // The server exists before the proxy that relays its connections.
+    const created: { proxy?: TcpProxy } = {}
+    const server = createServer((client) => { created.proxy!.#relay(client) })
     server.listen(0, '127.0.0.1')
     await once(server, 'listening')
-    proxy = new TcpProxy(server, (server.address() as { port: number }).port, targetPort)
+    const proxy = new TcpProxy(server, (server.address() as { port: number }).port, targetPort)
+    created.proxy = proxy
     t.teardown(() => proxy.close())
     return proxy
   }
